@@ -1,0 +1,271 @@
+"""Command-line arguments as dataclasses, parsed by `HfArgumentParser` from flags or a YAML/JSON file.
+
+`train` takes `DataArguments`, `ModelArguments` and `ClassifierTrainingArguments` (every
+`TrainingArguments` flag, with defaults suited to image classification).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .images import available_cpus
+
+AUGMENTATION_PRESETS = ("none", "light", "medium", "strong")
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class DataArguments:
+    """Where the images and labels come from (exactly one of data_dir, metadata_csv, dataset_name,
+    or split_dir alone)."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder with one subfolder per class (e.g. chordata_ardeidae/), optionally inside "
+            "train/ validation/ test/ folders. A metadata.csv beside the class folders is read too."
+        },
+    )
+    metadata_csv: str | None = field(
+        default=None, metadata={"help": "CSV listing the images (Rare Species metadata.csv format)."}
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder the CSV's image paths are relative to (default: the CSV's folder)."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub data set id or a folder written by `Dataset.save_to_disk`."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The Hub data set's configuration."}
+    )
+    image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with the images or their paths (default: file_path, file_name, image or path)."
+        },
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with the class to predict, e.g. family. Default: the class folder for --data_dir, "
+            "'label' for CSVs and Hub data sets."
+        },
+    )
+    split_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder with train.csv / validation.csv / test.csv written earlier (e.g. OUTPUT_DIR/splits)."
+        },
+    )
+    validation_split_ratio: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of the training images held out for validation when the data has no validation split."
+        },
+    )
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip unreadable images and list them in OUTPUT_DIR/bad_images.csv instead of stopping."
+        },
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image once before training so bad files show up at once."},
+    )
+    augmentation: Literal["none", "light", "medium", "strong"] = field(
+        default="light", metadata={"help": "Training augmentation preset."}
+    )
+    card_dataset_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id of the training data, named in the model card. Default: --dataset_name, or "
+            "imageomics/rare-species for Rare Species metadata; 'none' names no data set."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many training images (quick experiments, debugging)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many validation/test images."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_split_ratio < 1.0:
+            raise ValueError(
+                f"--validation_split_ratio must be between 0 and 1, got {self.validation_split_ratio}"
+            )
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="google/vit-base-patch16-224-in21k",
+        metadata={
+            "help": "Checkpoint to fine-tune: a Hub id or a local folder (config + weights + preprocessor)."
+        },
+    )
+    from_config: bool = field(
+        default=False,
+        metadata={
+            "help": "Build a randomly initialised model from the checkpoint's config (no weights are read)."
+        },
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Take the image processor from here instead of the checkpoint."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of the Hub checkpoint."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token (default: HF_TOKEN or the saved login). Never written to disk."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow checkpoints that ship their own modelling code. Off unless asked."},
+    )
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        return {
+            "revision": self.model_revision,
+            "cache_dir": self.cache_dir,
+            "token": self.token,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+
+def _training_field(name: str, default: Any) -> Any:
+    """Re-declare a `TrainingArguments` field with our default, keeping its help text."""
+    return field(default=default, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def default_num_workers() -> int:
+    return min(8, available_cpus())
+
+
+@dataclass
+class ClassifierTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults for fine-tuning an image classifier."""
+
+    output_dir: str = field(
+        metadata={"help": "Where the model, metrics, splits and checkpoints are written."}
+    )
+    num_train_epochs: float = _training_field("num_train_epochs", 5.0)
+    learning_rate: float = _training_field("learning_rate", 5e-5)
+    per_device_train_batch_size: int = _training_field("per_device_train_batch_size", 32)
+    per_device_eval_batch_size: int = _training_field("per_device_eval_batch_size", 64)
+    lr_scheduler_type: str = _training_field("lr_scheduler_type", "cosine")
+    warmup_steps: float = _training_field("warmup_steps", 0.1)
+    weight_decay: float = _training_field("weight_decay", 0.05)
+    eval_strategy: str = _training_field("eval_strategy", "epoch")
+    save_strategy: str = _training_field("save_strategy", "epoch")
+    logging_steps: float = _training_field("logging_steps", 20)
+    save_total_limit: int | None = _training_field("save_total_limit", 2)
+    load_best_model_at_end: bool = _training_field("load_best_model_at_end", True)
+    metric_for_best_model: str | None = _training_field("metric_for_best_model", "f1_macro")
+    greater_is_better: bool | None = _training_field("greater_is_better", True)
+    # The image column must survive until our transform turns it into pixel_values.
+    remove_unused_columns: bool = _training_field("remove_unused_columns", False)
+    dataloader_num_workers: int = field(
+        default_factory=default_num_workers,
+        metadata=TrainingArguments.__dataclass_fields__["dataloader_num_workers"].metadata,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Trainer would drop the `image` column before our on-the-fly transform sees it.
+        self.remove_unused_columns = False
+        if self.dataloader_pin_memory and not _has_accelerator():
+            self.dataloader_pin_memory = False  # pinning helps host-to-GPU copies only
+
+
+@dataclass
+class PredictArguments:
+    model: str = field(metadata={"help": "A fine-tuned model folder (OUTPUT_DIR of train) or a Hub id."})
+    input: list[str] = field(
+        metadata={"help": "An image folder, a CSV listing images, or image files.", "nargs": "+"}
+    )
+    output: str = field(default="predictions.csv", metadata={"help": "CSV to write (id, label, score, ...)."})
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder a CSV's image paths are relative to (default: the CSV's folder)."},
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "The CSV's image column (auto-detected)."}
+    )
+    id_column: str | None = field(
+        default=None,
+        metadata={"help": "The CSV's id column (default: rare_species_id when present, else the path)."},
+    )
+    top_k: int = field(default=1, metadata={"help": "Also write the next K-1 labels and their scores."})
+    batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
+    device: Literal["auto", "cpu", "cuda", "mps"] = field(
+        default="auto", metadata={"help": "Where to run the model."}
+    )
+    num_workers: int = field(
+        default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
+
+
+def config_file_to_argv(path: str | Path) -> list[str]:
+    """Turn a YAML/JSON config into command-line tokens, so that flags after it override it."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values at the top level")
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv.extend(str(item) for item in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def expand_config_file(argv: list[str]) -> list[str]:
+    """`train config.yaml --learning_rate 1e-4` -> the config's flags followed by the overrides."""
+    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
+        if not Path(argv[0]).is_file():
+            raise FileNotFoundError(f"Config file {argv[0]} does not exist")
+        return config_file_to_argv(argv[0]) + argv[1:]
+    return argv
+
+
+def parse_args(
+    dataclass_types: tuple[type, ...], argv: list[str], prog: str | None = None
+) -> tuple[Any, ...]:
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    return parser.parse_args_into_dataclasses(args=expand_config_file(list(argv)), look_for_args_file=False)
+
+
+def field_names(dataclass_type: type) -> set[str]:
+    return {f.name for f in fields(dataclass_type)}

@@ -1,0 +1,139 @@
+"""`hf-classifier COMMAND ...`: thin wrappers that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from . import __version__
+
+logger = logging.getLogger("hf_classifier")
+
+
+def train_command(argv: list[str]) -> int:
+    from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+    from .training import train
+
+    data_args, model_args, training_args = parse_args(
+        (DataArguments, ModelArguments, ClassifierTrainingArguments), argv, prog="hf-classifier train"
+    )
+    if not training_args.should_log:
+        logger.setLevel(logging.WARNING)
+    outcome = train(data_args, model_args, training_args)
+    if training_args.should_save:
+        metrics = outcome.metrics
+        print(
+            f"\nModel written to {outcome.output_dir}: validation macro-F1 "
+            f"{metrics.get('eval_f1_macro', float('nan')):.4f}, accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
+        )
+    return 0
+
+
+def predict_command(argv: list[str]) -> int:
+    from .arguments import PredictArguments, parse_args
+    from .predict import predict
+
+    (args,) = parse_args((PredictArguments,), argv, prog="hf-classifier predict")
+    result = predict(
+        args.model,
+        args.input,
+        args.output,
+        image_root=args.image_root,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+    )
+    errors = f", {result.errors} unreadable (see the 'error' column)" if result.errors else ""
+    print(f"Wrote {result.rows} predictions ({result.label_name}) to {result.output}{errors}")
+    return 0
+
+
+def quickstart_command(argv: list[str]) -> int:
+    from .arguments import parse_args
+    from .quickstart import QuickstartArguments, run_quickstart, summary
+
+    (args,) = parse_args((QuickstartArguments,), argv, prog="hf-classifier quickstart")
+    print(summary(run_quickstart(args)))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (train_command, "fine-tune a checkpoint on an image folder, a metadata CSV or a data set"),
+    "predict": (predict_command, "classify images: a folder, a CSV or files in, a CSV of id and label out"),
+    "quickstart": (quickstart_command, "run the whole pipeline on a small embedded data set (no download)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+    return (
+        f"usage: hf-classifier COMMAND [ARGS]   (hf_classifier {__version__})\n\ncommands:\n{rows}\n\n"
+        "Run `hf-classifier COMMAND --help` for a command's arguments."
+    )
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING
+    )
+    logger.setLevel(logging.INFO)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"hf-classifier: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    setup_logging()
+    command, _ = COMMANDS[argv[0]]
+    try:
+        return command(argv[1:])
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - user-facing errors get a message, not a traceback
+        if not is_user_error(error):
+            raise
+        print(f"hf-classifier {argv[0]}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors caused by the input (data, files, options, network) rather than by a bug."""
+    from .hub import HubUnavailableError
+    from .images import BadImageError
+    from .publish import PublishError
+    from .quality import BadImagesError
+    from .sources import DataSourceError
+
+    return isinstance(
+        error,
+        (
+            DataSourceError,
+            BadImagesError,
+            BadImageError,
+            HubUnavailableError,
+            PublishError,
+            FileNotFoundError,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

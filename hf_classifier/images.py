@@ -1,0 +1,217 @@
+"""One robust way to open an image as RGB, used by training, evaluation, predict and inspection.
+
+Every PIL mode is converted deliberately (alpha composited on a background, 16-bit scaled, palette
+transparency honoured); the EXIF orientation is applied; multi-frame files give their first frame;
+files are recognised by content, never by extension. PIL's decompression-bomb guard stays on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# A path, raw bytes, a `datasets.Image(decode=False)` dict ({"bytes", "path"}) or an already open image.
+ImageSource = str | os.PathLike | bytes | dict | Image.Image
+
+BACKGROUND_RGB = (255, 255, 255)
+EXIF_ORIENTATION_TAG = 0x0112
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+class BadImageError(Exception):
+    """An image that cannot be used: missing, empty, truncated, not an image, or too large."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def describe_source(source: ImageSource) -> str:
+    """A short human-readable name for an image source (its path when there is one)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, dict):
+        return source.get("path") or "<image bytes>"
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "<PIL image>"
+    return "<image bytes>"
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    draft_size: tuple[int, int] | None = None,
+    background: tuple[int, int, int] = BACKGROUND_RGB,
+) -> Image.Image:
+    """Open `source` and return a loaded RGB image, upright according to its EXIF orientation.
+
+    `draft_size` lets JPEG decode at a reduced DCT scale (1/2 .. 1/8) that still covers the requested
+    (width, height): much faster when the target is far smaller than the photo.
+
+    Raises `BadImageError` (with the file and the reason) for anything that is not a usable image.
+    """
+    name = describe_source(source)
+    try:
+        with warnings.catch_warnings():
+            # Oversized images beyond the hard limit still raise DecompressionBombError below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open(source)
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image = _apply_exif_orientation(image)
+            return to_rgb(image, background)
+    except FileNotFoundError as error:
+        raise BadImageError(name, "file not found") from error
+    except IsADirectoryError as error:
+        raise BadImageError(name, "is a directory, not an image file") from error
+    except UnidentifiedImageError as error:
+        raise BadImageError(name, _unidentified_reason(source)) from error
+    except Image.DecompressionBombError as error:
+        raise BadImageError(name, f"too large to decode safely ({error})") from error
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise BadImageError(name, f"cannot be decoded ({error})") from error
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, dict):
+        if source.get("bytes") is not None:
+            return Image.open(io.BytesIO(source["bytes"]))
+        if source.get("path"):
+            return Image.open(source["path"])
+        raise ValueError("image record has neither bytes nor path")
+    if isinstance(source, (bytes, bytearray)):
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    # exif_transpose copies the pixels even when there is nothing to do: only call it when needed.
+    orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    image.load()
+    return image
+
+
+def _unidentified_reason(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            if os.path.getsize(source) == 0:
+                return "empty file (0 bytes)"
+        except OSError:
+            pass
+    elif isinstance(source, (bytes, bytearray)) and len(source) == 0:
+        return "empty file (0 bytes)"
+    return "not an image (content not recognised by Pillow)"
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND_RGB) -> Image.Image:
+    """Convert any PIL mode to RGB without the usual traps (black cut-outs, white 16-bit images)."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        # Palette/L/RGB images can carry a transparent colour (tRNS); composite like real alpha.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if mode in _HIGH_BIT_DEPTH_MODES:
+        return Image.fromarray(_to_uint8(image), mode="L").convert("RGB")
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's own conversions are right for these.
+    return image.convert("RGB")
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    """Scale a 16/32-bit integer or float image to 8 bits (a plain convert would clip to white)."""
+    array = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return (array.astype(np.uint32) >> 8).astype(np.uint8)
+    if image.mode == "I":
+        # Mode I usually holds 16-bit data (e.g. some TIFFs); 8-bit data is left as it is.
+        scaled = array >> 8 if array.max(initial=0) > 255 else array
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    finite = np.nan_to_num(array.astype(np.float64))
+    low, high = float(finite.min(initial=0.0)), float(finite.max(initial=0.0))
+    if high <= 1.0 and low >= 0.0:  # floats in [0, 1]
+        return np.round(finite * 255.0).astype(np.uint8)
+    span = high - low or 1.0
+    return np.round((finite - low) / span * 255.0).astype(np.uint8)
+
+
+def check_image(source: ImageSource) -> str | None:
+    """Fully decode `source` (JPEG at the smallest DCT scale: every byte is still read) and return
+    the reason it is unusable, or None when it is fine."""
+    try:
+        open_image(source, draft_size=(1, 1))
+    except BadImageError as error:
+        return error.reason
+    return None
+
+
+def find_bad_images(
+    sources: Sequence[ImageSource],
+    *,
+    num_workers: int | None = None,
+    progress: bool = True,
+    description: str = "Checking images",
+) -> list[tuple[int, str]]:
+    """Check every image in parallel; return `(index, reason)` for each unusable one, in input order.
+
+    Threads suffice: Pillow releases the GIL while decoding.
+    """
+    if not sources:
+        return []
+    workers = num_workers or available_cpus()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons: Iterable[str | None] = pool.map(check_image, sources, chunksize=16)
+        if progress:
+            from tqdm.auto import tqdm
+
+            reasons = tqdm(reasons, total=len(sources), desc=description, unit="img", leave=False)
+        return [(index, reason) for index, reason in enumerate(reasons) if reason is not None]
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity masks and container limits where visible)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when Pillow recognises the content of `path` (reads the header only)."""
+    try:
+        with Image.open(path) as image:
+            return bool(image.format)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions (with the dot) that Pillow can open."""
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def relative_or_absolute(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """`path` relative to `root` when it lies below it, else the absolute path, always with '/'."""
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()

@@ -1,0 +1,203 @@
+"""Fine-tuning, top to bottom: data -> checks -> splits -> model -> transforms -> Trainer -> outputs.
+
+Works unchanged under `accelerate launch` (Trainer runs on Accelerate); only the main process writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
+from .metrics import build_compute_metrics
+from .model_card import write_model_card
+from .modeling import build_model, load_image_processor, load_saved_weights
+from .quality import drop_bad_images
+from .sources import ImageData, load_image_data
+from .splits import ensure_validation_split, write_splits
+from .transforms import ExampleTransform, Normalize, collate_examples, create_normalizer, create_transform
+
+logger = logging.getLogger(__name__)
+
+SPLITS_DIR = "splits"
+
+
+class ImageClassificationTrainer(Trainer):
+    """`Trainer` that receives uint8 image batches and normalises them on the model's device."""
+
+    def __init__(self, *args: Any, normalizer: Normalize, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.normalizer = normalizer
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
+        return inputs
+
+    # Trainer restores weights with a plain load_state_dict, which loads nothing for architectures
+    # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if model is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading the weights of %s", resume_from_checkpoint)
+        load_saved_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        logger.info(
+            "Loading the best model, %s (%s %.4f)",
+            self.state.best_model_checkpoint,
+            self.args.metric_for_best_model,
+            self.state.best_metric,
+        )
+        load_saved_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+@dataclass
+class TrainingOutcome:
+    output_dir: Path
+    metrics: dict[str, float]
+    data: ImageData
+
+
+def load_training_data(
+    data_args: DataArguments, model_args: ModelArguments, training_args: ClassifierTrainingArguments
+) -> ImageData:
+    """Load the source, check every image, make the validation split, and record the splits."""
+    output_dir = Path(training_args.output_dir)
+    data = load_image_data(
+        data_dir=data_args.data_dir,
+        metadata_csv=data_args.metadata_csv,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        image_root=data_args.image_root,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        split_dir=data_args.split_dir,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+    )
+    logger.info("Loaded %s", data.describe())
+    if data_args.check_images:
+        data = drop_bad_images(
+            data,
+            skip=data_args.skip_bad_images,
+            report_dir=output_dir if training_args.should_save else None,
+        )
+    data = ensure_validation_split(data, data_args.validation_split_ratio, training_args.seed)
+    if data_args.max_train_samples is not None:
+        data.splits["train"] = _first(data.splits["train"], data_args.max_train_samples, training_args.seed)
+    if data_args.max_eval_samples is not None:
+        for name in ("validation", "test"):
+            if name in data.splits:
+                data.splits[name] = _first(data.splits[name], data_args.max_eval_samples, training_args.seed)
+    if training_args.should_save:
+        write_splits(data, output_dir / SPLITS_DIR)
+    return data
+
+
+def _first(dataset, count: int, seed: int):
+    return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
+
+
+def train(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: ClassifierTrainingArguments,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainingOutcome:
+    """Fine-tune `model_args.model_name_or_path` on the data and write everything to OUTPUT_DIR."""
+    started = time.time()
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    push_requested = training_args.push_to_hub
+    training_args.push_to_hub = False  # we push our own curated upload set at the end, not Trainer's
+
+    with training_args.main_process_first(desc="loading and checking the data"):
+        data = load_training_data(data_args, model_args, training_args)
+
+    processor = load_image_processor(
+        model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
+    )
+    model = build_model(
+        model_args.model_name_or_path,
+        data.labels,
+        from_config=model_args.from_config,
+        extra_config={"label_name": data.label_name},
+        **model_args.hub_kwargs(),
+    )
+
+    # Decoding and resizing happen on the fly, per batch, in the DataLoader workers.
+    eval_transform = ExampleTransform(create_transform(processor))
+    train_dataset = data.splits["train"].with_transform(
+        ExampleTransform(create_transform(processor, training=True, augmentation=data_args.augmentation))
+    )
+    eval_dataset = data.splits["validation"].with_transform(eval_transform)
+
+    trainer = ImageClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        data_collator=collate_examples,
+        compute_metrics=build_compute_metrics(),
+        normalizer=create_normalizer(processor),
+        callbacks=callbacks,
+    )
+
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and output_dir.is_dir():
+        checkpoint = get_last_checkpoint(str(output_dir))
+        if checkpoint:
+            logger.info("Resuming from %s (the last checkpoint in %s).", checkpoint, output_dir)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()  # the best model (load_best_model_at_end) with its image processor
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    metrics = dict(train_result.metrics)
+    eval_metrics = trainer.evaluate()
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+    metrics.update(eval_metrics)
+    if "test" in data.splits:
+        # Final figures only: the test split plays no part in choosing the model.
+        test_dataset = data.splits["test"].with_transform(eval_transform)
+        test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
+
+    if trainer.is_world_process_zero():
+        write_model_card(
+            output_dir,
+            model=trainer.model,
+            processor=processor,
+            base_model=None if model_args.from_config else model_args.model_name_or_path,
+            data=data,
+            dataset_id=data_args.card_dataset_id,
+            augmentation=data_args.augmentation,
+            training_args=training_args,
+            metrics=metrics,
+            training_seconds=time.time() - started,
+        )
+        if push_requested:
+            from .publish import push_model_folder
+
+            push_model_folder(
+                output_dir,
+                repo_id=training_args.hub_model_id or output_dir.name,
+                token=training_args.hub_token,
+                private=bool(training_args.hub_private_repo),
+                revision=training_args.hub_revision,
+            )
+    return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)

@@ -1,0 +1,83 @@
+"""Helpers shared by the tests: tiny checkpoints built from configs and quick training flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+)
+TINY_CONVNEXT = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], num_channels=3)
+SMALL_COUNTS = (14, 12, 10, 8, 7, 6)
+
+
+def save_checkpoint(folder: Path, kind: str = "vit", num_labels: int = 1000) -> Path:
+    """A tiny pretrained-style checkpoint with a `num_labels` head, saved like a Hub download."""
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ConvNextImageProcessor,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    labels = {i: f"imagenet_class_{i}" for i in range(num_labels)}
+    if kind == "vit":
+        config = ViTConfig(**TINY_VIT, id2label=labels, label2id={v: k for k, v in labels.items()})
+        model, processor = (
+            ViTForImageClassification(config),
+            ViTImageProcessor(size={"height": 32, "width": 32}),
+        )
+    elif kind == "convnext":
+        config = ConvNextConfig(**TINY_CONVNEXT, id2label=labels, label2id={v: k for k, v in labels.items()})
+        model = ConvNextForImageClassification(config)
+        processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_image_tree(root: Path, layout: dict[str, int], size: tuple[int, int] = (24, 20)) -> Path:
+    """Small JPEGs: layout maps a relative folder (e.g. "train/cats") to a number of images."""
+    from PIL import Image
+
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shade = (i * 37 + 11 * len(folder)) % 255
+            Image.new("RGB", size, (shade, 80, 255 - shade)).save(root / folder / f"img{i}.jpg")
+    return root
+
+
+def fast_training_flags(output_dir: Path, **overrides) -> list[str]:
+    """Flags for a quick CPU run; `overrides` replace or add flags (value None drops one)."""
+    flags = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": "2",
+        "per_device_train_batch_size": "16",
+        "per_device_eval_batch_size": "32",
+        "learning_rate": "1e-3",
+        "dataloader_num_workers": "0",
+        "logging_steps": "5",
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "save_total_limit": "3",
+        "seed": "0",
+    }
+    flags.update({k: (None if v is None else str(v)) for k, v in overrides.items()})
+    argv: list[str] = []
+    for key, value in flags.items():
+        if value is not None:
+            argv += [f"--{key}", value]
+    return argv

@@ -1,0 +1,315 @@
+"""End to end: data in, a fine-tuned checkpoint out that pipeline() loads, predictions CSV, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import fast_training_flags, make_image_tree
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
+
+from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.cli import main
+from hf_classifier.predict import predict
+from hf_classifier.training import train
+
+TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
+
+
+def run_train(argv: list[str], callbacks=None):
+    return train(*parse_args(TRAIN_ARGS, argv), callbacks=callbacks)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_rare_species_folder_to_pipeline_and_predictions(demo_data, vit_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    outcome = run_train(
+        [
+            "--data_dir",
+            str(demo_data.root),
+            "--label_column",
+            "family",
+            "--skip_bad_images",
+            "--model_name_or_path",
+            str(vit_checkpoint),
+            *fast_training_flags(out),
+        ]
+    )
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "eval_results.json",
+        "all_results.json",
+        "trainer_state.json",
+        "README.md",
+        "splits/train.csv",
+        "splits/validation.csv",
+        "bad_images.csv",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin.tmp")) and not list(out.glob(".*.tmp"))
+
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_f1_macro", "eval_f1_weighted", "eval_top5_accuracy"} <= set(eval_results)
+    assert eval_results["eval_f1_macro"] == pytest.approx(outcome.metrics["eval_f1_macro"])
+
+    bad = read_csv(out / "bad_images.csv")
+    assert sorted(Path(row["path"]).name for row in bad) == sorted(
+        Path(p).name for p in demo_data.broken_files
+    )
+    split_files = {
+        row["file_path"]
+        for name in ("train", "validation")
+        for row in read_csv(out / "splits" / f"{name}.csv")
+    }
+    assert not split_files & set(demo_data.broken_files)
+
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == sorted(demo_data.labels)
+    assert config["hf_classifier"]["label_name"] == "family"
+
+    classifier = pipeline("image-classification", model=str(out))
+    first_image = demo_data.root / read_csv(out / "splits" / "validation.csv")[0]["file_path"]
+    result = classifier(str(first_image), top_k=2)
+    assert len(result) == 2 and result[0]["label"] in demo_data.labels
+
+    predictions = tmp_path / "predictions.csv"
+    summary = predict(str(out), [str(demo_data.metadata_csv)], predictions, top_k=2, batch_size=8)
+    rows = read_csv(predictions)
+    listed = read_csv(demo_data.metadata_csv)
+    assert [row["id"] for row in rows] == [row["rare_species_id"] for row in listed]
+    assert list(rows[0]) == ["id", "family", "score", "family_2", "score_2", "error"]
+    assert summary.errors == 2 and sum(1 for row in rows if row["error"]) == 2
+    good = [row for row in rows if not row["error"]]
+    assert all(row["family"] in demo_data.labels and 0 < float(row["score"]) <= 1 for row in good)
+    # The pipeline and our batched predict agree on the same image.
+    by_path = {row["file_path"]: row for row in listed}
+    rel = read_csv(out / "splits" / "validation.csv")[0]["file_path"]
+    ours = next(row for row in rows if row["id"] == by_path[rel]["rare_species_id"])
+    assert ours["family"] == result[0]["label"]
+    assert float(ours["score"]) == pytest.approx(result[0]["score"], abs=1e-4)
+
+
+def test_bad_images_stop_the_run_before_training(demo_data, vit_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Exception) as error:
+        run_train(
+            [
+                "--data_dir",
+                str(demo_data.root),
+                "--label_column",
+                "family",
+                "--model_name_or_path",
+                str(vit_checkpoint),
+                *fast_training_flags(out),
+            ]
+        )
+    message = str(error.value)
+    assert "00000000_0_eol-full-size-copy.jpg: empty file" in message and "--skip_bad_images" in message
+    assert (out / "bad_images.csv").is_file() and not (out / "model.safetensors").exists()
+
+
+def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--metadata_csv",
+            str(tmp_path / "missing.csv"),
+            "--label_column",
+            "family",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 1
+    assert "missing.csv does not exist" in capsys.readouterr().err
+
+
+def test_best_checkpoint_by_macro_f1_is_the_saved_model(clean_demo_data, vit_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    run_train(
+        [
+            "--data_dir",
+            str(clean_demo_data.root),
+            "--label_column",
+            "family",
+            "--model_name_or_path",
+            str(vit_checkpoint),
+            *fast_training_flags(out, num_train_epochs=3, learning_rate="3e-3"),
+        ]
+    )
+    state = json.loads((out / "trainer_state.json").read_text())
+    scores = {
+        entry["epoch"]: entry["eval_f1_macro"] for entry in state["log_history"] if "eval_f1_macro" in entry
+    }
+    assert state["best_metric"] == pytest.approx(max(list(scores.values())[:-1]))  # last entry: final eval
+    best = Path(state["best_model_checkpoint"])
+    final, best_weights = load_file(out / "model.safetensors"), load_file(best / "model.safetensors")
+    assert final.keys() == best_weights.keys()
+    assert all(torch.equal(final[k], best_weights[k]) for k in final)
+    final_eval = json.loads((out / "eval_results.json").read_text())
+    assert final_eval["eval_f1_macro"] == pytest.approx(state["best_metric"])
+
+
+class StopAfterFirstEpoch(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.epoch >= 1:
+            control.should_training_stop = True
+        return control
+
+
+def test_resuming_reaches_the_same_weights_as_an_uninterrupted_run(clean_demo_data, vit_checkpoint, tmp_path):
+    common = [
+        "--data_dir",
+        str(clean_demo_data.root),
+        "--label_column",
+        "family",
+        "--model_name_or_path",
+        str(vit_checkpoint),
+        "--load_best_model_at_end",
+        "false",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(common + fast_training_flags(straight))
+    run_train(common + fast_training_flags(resumed), callbacks=[StopAfterFirstEpoch()])
+    interrupted_state = json.loads((resumed / "trainer_state.json").read_text())
+    assert interrupted_state["epoch"] == 1
+    checkpoint = next(resumed.glob("checkpoint-*"))
+    run_train(common + fast_training_flags(resumed, resume_from_checkpoint=str(checkpoint)))
+    assert json.loads((resumed / "trainer_state.json").read_text())["epoch"] == 2
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_presplit_folder_with_test_split_reports_test_metrics_at_the_end(tmp_path, convnext_checkpoint):
+    root = make_image_tree(
+        tmp_path / "data",
+        {"train/a": 10, "train/b": 10, "validation/a": 3, "validation/b": 3, "test/a": 4, "test/b": 4},
+    )
+    out = tmp_path / "run"
+    run_train(
+        [
+            "--data_dir",
+            str(root),
+            "--model_name_or_path",
+            str(convnext_checkpoint),
+            *fast_training_flags(out, num_train_epochs=1),
+        ]
+    )
+    test_results = json.loads((out / "test_results.json").read_text())
+    assert {"test_accuracy", "test_f1_macro"} <= set(test_results)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert not any(key.startswith("test_") for entry in state["log_history"] for key in entry)
+    assert len(read_csv(out / "splits" / "test.csv")) == 8
+
+
+def test_hymenoptera_real_photos(hymenoptera, convnext_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    run_train(
+        [
+            "--data_dir",
+            str(hymenoptera),
+            "--model_name_or_path",
+            str(convnext_checkpoint),
+            *fast_training_flags(out, num_train_epochs=1, dataloader_num_workers=2),
+        ]
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["ants", "bees"]
+    assert len(read_csv(out / "splits" / "validation.csv")) == 153  # val/ is used as it is
+    predictions = tmp_path / "predictions.csv"
+    predict(str(out), [str(hymenoptera / "val")], predictions, num_workers=2)
+    rows = read_csv(predictions)
+    assert len(rows) == 153 and rows[0]["id"].startswith("ants/")
+    assert {row["label"] for row in rows} <= {"ants", "bees"} and not any(row["error"] for row in rows)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_with_command_line_overrides(tmp_path, suffix):
+    config = {
+        "data_dir": "rare_species",
+        "label_column": "family",
+        "output_dir": str(tmp_path / "o"),
+        "learning_rate": 2e-4,
+        "bf16": False,
+        "report_to": ["none"],
+        "augmentation": "medium",
+    }
+    path = tmp_path / f"config{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(config))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(config))
+    data_args, model_args, training_args = parse_args(TRAIN_ARGS, [str(path), "--learning_rate", "1e-4"])
+    assert data_args.label_column == "family" and data_args.augmentation == "medium"
+    assert training_args.learning_rate == 1e-4  # the flag after the file wins
+    assert training_args.metric_for_best_model == "f1_macro" and training_args.remove_unused_columns is False
+
+
+def test_every_training_arguments_flag_is_accepted(tmp_path):
+    _, _, args = parse_args(
+        TRAIN_ARGS,
+        [
+            "--data_dir",
+            "d",
+            "--output_dir",
+            str(tmp_path),
+            "--bf16",
+            "false",
+            "--gradient_accumulation_steps",
+            "4",
+            "--report_to",
+            "tensorboard",
+            "--lr_scheduler_type",
+            "linear",
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/m",
+        ],
+    )
+    assert args.gradient_accumulation_steps == 4 and args.push_to_hub and args.hub_model_id == "me/m"
+    assert args.report_to == ["tensorboard"]
+
+
+def test_train_script_is_a_thin_layer(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        result.returncode == 0
+        and "--label_column" in result.stdout
+        and "--gradient_accumulation_steps" in result.stdout
+    )
+
+
+def test_reloaded_model_predicts_like_the_trained_one(clean_demo_data, convnext_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    run_train(
+        [
+            "--metadata_csv",
+            str(clean_demo_data.metadata_csv),
+            "--label_column",
+            "family",
+            "--model_name_or_path",
+            str(convnext_checkpoint),
+            *fast_training_flags(out, num_train_epochs=1),
+        ]
+    )
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.id2label[0] == sorted(clean_demo_data.labels)[0]
