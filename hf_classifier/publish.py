@@ -100,6 +100,17 @@ def _point_card_at(card_path: Path, model_dir: Path, repo_id: str) -> None:
     card.save(card_path)
 
 
+def check_can_push(repo_id: str) -> None:
+    """Raise at once (no retries) when the Hub is out of reach."""
+    if offline_mode_requested() or not hub_reachable():
+        why = (
+            "HF_HUB_OFFLINE is set" if offline_mode_requested() else "the Hub cannot be reached (no network?)"
+        )
+        raise HubUnavailableError(
+            f"Cannot push to {repo_id}: {why}. Use --dry_run OUT to see the upload set."
+        )
+
+
 def push_model_folder(
     model_dir: str | Path,
     *,

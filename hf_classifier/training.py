@@ -119,6 +119,10 @@ def train(
     output_dir = Path(training_args.output_dir)
     push_requested = training_args.push_to_hub
     training_args.push_to_hub = False  # we push our own curated upload set at the end, not Trainer's
+    if push_requested and training_args.should_save:
+        from .publish import check_can_push
+
+        check_can_push(training_args.hub_model_id or output_dir.name)  # fail now, not after training
 
     with training_args.main_process_first(desc="loading and checking the data"):
         data = load_training_data(data_args, model_args, training_args)
