@@ -14,15 +14,15 @@ from typing import Any, Literal
 from transformers import HfArgumentParser, TrainingArguments
 
 from .images import available_cpus
+from .sources import ImageData, load_image_data
 
-AUGMENTATION_PRESETS = ("none", "light", "medium", "strong")
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
-class DataArguments:
-    """Where the images and labels come from (exactly one of data_dir, metadata_csv, dataset_name,
-    or split_dir alone)."""
+class DataSourceArguments:
+    """Where the images and labels come from: exactly one of data_dir, metadata_csv, dataset_name,
+    or split_dir alone. Shared by train, inspect, split and augment-preview."""
 
     data_dir: str | None = field(
         default=None,
@@ -63,6 +63,26 @@ class DataArguments:
             "help": "Folder with train.csv / validation.csv / test.csv written earlier (e.g. OUTPUT_DIR/splits)."
         },
     )
+
+    def load_data(self, cache_dir: str | None = None, token: str | None = None) -> ImageData:
+        return load_image_data(
+            data_dir=self.data_dir,
+            metadata_csv=self.metadata_csv,
+            dataset_name=self.dataset_name,
+            dataset_config_name=self.dataset_config_name,
+            image_root=self.image_root,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            split_dir=self.split_dir,
+            cache_dir=cache_dir,
+            token=token,
+        )
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    """The data source plus what training does with it."""
+
     validation_split_ratio: float = field(
         default=0.1,
         metadata={
@@ -269,3 +289,48 @@ def parse_args(
 
 def field_names(dataclass_type: type) -> set[str]:
     return {f.name for f in fields(dataclass_type)}
+
+
+@dataclass
+class InspectArguments:
+    output_dir: str = field(metadata={"help": "Where report.json, the plots and the contact sheets go."})
+    tiny_size: int = field(
+        default=64, metadata={"help": "Images with a shorter side below this are listed as tiny."}
+    )
+    min_images_per_class: int = field(
+        default=10, metadata={"help": "Classes with fewer images are listed as too small to learn."}
+    )
+    near_duplicate_threshold: int = field(
+        default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
+    )
+    samples_per_class: int = field(default=6, metadata={"help": "Pictures per class on the contact sheets."})
+    num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the contact sheet samples."})
+
+
+@dataclass
+class SplitArguments:
+    output_dir: str = field(metadata={"help": "Where train.csv, validation.csv and test.csv go."})
+    val_size: float = field(default=0.1, metadata={"help": "Share of each class for validation."})
+    test_size: float = field(default=0.1, metadata={"help": "Share of each class for the final test."})
+    seed: int = field(default=42, metadata={"help": "Same seed, same split."})
+    near_duplicate_threshold: int = field(
+        default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
+    )
+    num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
+
+
+@dataclass
+class AugmentPreviewArguments:
+    augmentation: Literal["none", "light", "medium", "strong"] = field(
+        default="medium", metadata={"help": "The preset to look at."}
+    )
+    output: str = field(default="augment_preview.png", metadata={"help": "The PNG to write."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint whose input size and crop to use (default: a square --image_size)."},
+    )
+    image_size: int = field(default=224, metadata={"help": "Input size when no checkpoint is given."})
+    num_images: int = field(default=6, metadata={"help": "Training images shown (spread over the classes)."})
+    num_versions: int = field(default=5, metadata={"help": "Augmented versions of each."})
+    seed: int = field(default=0, metadata={"help": "Same seed, same pictures."})

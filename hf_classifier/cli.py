@@ -61,9 +61,83 @@ def quickstart_command(argv: list[str]) -> int:
     return 0
 
 
+def inspect_command(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from .arguments import DataSourceArguments, InspectArguments, parse_args
+    from .inspection import inspect, summary
+
+    source, args = parse_args((DataSourceArguments, InspectArguments), argv, prog="hf-classifier inspect")
+    report = inspect(
+        source.load_data(),
+        args.output_dir,
+        tiny_size=args.tiny_size,
+        min_images_per_class=args.min_images_per_class,
+        near_threshold=args.near_duplicate_threshold,
+        samples_per_class=args.samples_per_class,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    print(summary(report, Path(args.output_dir)))
+    return 0
+
+
+def split_command(argv: list[str]) -> int:
+    from .arguments import DataSourceArguments, SplitArguments, parse_args
+    from .splits import split_without_leaks
+
+    source, args = parse_args((DataSourceArguments, SplitArguments), argv, prog="hf-classifier split")
+    report = split_without_leaks(
+        source.load_data(),
+        args.output_dir,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        seed=args.seed,
+        near_threshold=args.near_duplicate_threshold,
+        num_workers=args.num_workers,
+    )
+    sizes = ", ".join(f"{name} {size}" for name, size in report["sizes"].items())
+    print(
+        f"Wrote {sizes} to {args.output_dir} ({report['duplicate_groups_kept_together']} duplicate groups kept "
+        f"in one split). Train on it with: hf-classifier train --split_dir {args.output_dir} ..."
+    )
+    return 0
+
+
+def augment_preview_command(argv: list[str]) -> int:
+    from .arguments import AugmentPreviewArguments, DataSourceArguments, parse_args
+    from .io_utils import atomic_open
+    from .modeling import load_image_processor
+    from .preview import augmentation_preview
+
+    source, args = parse_args(
+        (DataSourceArguments, AugmentPreviewArguments), argv, prog="hf-classifier augment-preview"
+    )
+    processor = load_image_processor(args.model_name_or_path) if args.model_name_or_path else None
+    grid = augmentation_preview(
+        source.load_data(),
+        args.augmentation,
+        processor=processor,
+        image_size=args.image_size,
+        num_images=args.num_images,
+        num_versions=args.num_versions,
+        seed=args.seed,
+    )
+    with atomic_open(args.output, "wb") as handle:
+        grid.save(handle, format="PNG")
+    print(f"Wrote {args.output}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (train_command, "fine-tune a checkpoint on an image folder, a metadata CSV or a data set"),
     "predict": (predict_command, "classify images: a folder, a CSV or files in, a CSV of id and label out"),
+    "inspect": (
+        inspect_command,
+        "look at the data: counts, sizes, modes, unreadable files, duplicates, plots",
+    ),
+    "split": (split_command, "write leak-free stratified train / validation / test CSVs"),
+    "augment-preview": (augment_preview_command, "show originals beside augmented versions"),
     "quickstart": (quickstart_command, "run the whole pipeline on a small embedded data set (no download)"),
 }
 
@@ -87,6 +161,10 @@ def setup_logging() -> None:
 
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
+    # Without torchvision transformers uses its PIL image processors, which is what our transforms mirror.
+    transformers.utils.logging.get_logger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed)" not in record.getMessage()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

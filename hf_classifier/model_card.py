@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .io_utils import write_text
 from .sources import LABEL, ImageData
-from .transforms import AUGMENTATION_PRESETS, PreprocessSpec, spec_from_processor
+from .transforms import PreprocessSpec, describe_preset, spec_from_processor
 
 TEMPLATE = "model_card.md"
 CARD_FILE = "README.md"
@@ -118,7 +118,7 @@ def render_model_card(
         "class_counts": [{"label": md_cell(label), "count": train_counts.get(label, 0)} for label in labels],
         "eval_preprocessing": describe_preprocessing(spec),
         "augmentation": augmentation,
-        "augmentation_description": describe_augmentation(augmentation),
+        "augmentation_description": describe_preset(augmentation),
         "base_model": base_model,
         "hyperparameters": _hyperparameters(training_args, augmentation),
         "results": _result_rows(metrics, data),
@@ -187,24 +187,6 @@ def describe_preprocessing(spec: PreprocessSpec | None) -> str:
     mean = ", ".join(f"{v:.3f}" for v in spec.mean)
     std = ", ".join(f"{v:.3f}" for v in spec.std)
     return f"{steps}; scale to [0, 1] and normalise with mean ({mean}), std ({std})."
-
-
-def describe_augmentation(name: str) -> str:
-    preset = AUGMENTATION_PRESETS[name]
-    if preset.crop_scale is None:
-        return "none (training images are prepared like evaluation images)."
-    parts = [f"random resized crop keeping {preset.crop_scale[0]:.0%}–{preset.crop_scale[1]:.0%} of the area"]
-    if preset.horizontal_flip:
-        parts.append("horizontal flip")
-    if preset.max_rotation:
-        parts.append(f"rotation up to ±{preset.max_rotation:g}°")
-    if preset.color_jitter_probability:
-        parts.append(
-            f"brightness ±{preset.brightness:.0%}, contrast ±{preset.contrast:.0%}, saturation ±{preset.saturation:.0%}"
-        )
-    if preset.trivial_augment:
-        parts.append("one TrivialAugment-style operation of random strength")
-    return ", ".join(parts) + "."
 
 
 def _summary(label_name: str, num_labels: int, base_model: str | None, metrics: dict[str, float]) -> str:

@@ -71,6 +71,12 @@ def write_tiny_vit(folder: Path) -> Path:
 
 
 def run_quickstart(args: QuickstartArguments) -> QuickstartResult:
+    import datasets
+    import transformers
+
+    # A readable console: one line per epoch, no save/load progress bars.
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     out = Path(args.output_dir)
     data = make_demo_dataset(out / "data", seed=args.seed)
     # New photos the model never sees in training: a CSV with ids, like a user's field photos.
@@ -107,6 +113,7 @@ def run_quickstart(args: QuickstartArguments) -> QuickstartResult:
             report_to="none",
             disable_tqdm=True,
         ),
+        concise_logs=True,
     )
     predictions = out / "predictions.csv"
     predict(str(model_dir), [str(new_photos.metadata_csv)], predictions, top_k=3)

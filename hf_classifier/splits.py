@@ -4,11 +4,15 @@ and the splits written out (OUTPUT_DIR/splits/) so that any run can be reproduce
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, concatenate_datasets
 
+from .duplicates import DEFAULT_NEAR_THRESHOLD
 from .io_utils import write_csv, write_json
 from .sources import LABEL, SOURCE_FILE, SOURCE_INDEX, SOURCE_SPLIT, ImageData
 
@@ -88,3 +92,142 @@ def _column_as_text(split: Dataset, column: str) -> list:
     if isinstance(feature, ClassLabel):
         return [feature.int2str(v) for v in values]
     return list(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leak-free splits (`hf-classifier split`): copies of one picture never land in two splits
+
+
+@dataclass
+class SplitPlan:
+    assignment: list[str]  # the split of every row
+    train_only_classes: list[str]  # too few images to spread over the splits
+    groups_kept_together: int  # duplicate groups (2+ images) each placed in a single split
+
+
+def grouped_stratified_split(
+    labels: Sequence[str], groups: Sequence[int], *, val_size: float, test_size: float, seed: int
+) -> SplitPlan:
+    """Assign whole groups to train / validation / test, class by class.
+
+    A group's class is its most common label. Each class aims at `round(n * size)` images in
+    validation and test (at least 1 each) and keeps at least one image in train; a class with fewer
+    images than the splits it would be spread over (3 with both held-out splits) goes to train
+    entirely. Groups are shuffled with `seed` and fill test, then validation, without overshooting.
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for group, rows in sorted(members.items(), key=lambda item: item[1][0]):
+        counts = Counter(labels[i] for i in rows)
+        top = max(counts.values())
+        by_class[min(label for label, n in counts.items() if n == top)].append(group)
+
+    held_out = [name for name, size in (("test", test_size), ("validation", val_size)) if size > 0]
+    fraction = {"test": test_size, "validation": val_size}
+    assignment = ["train"] * len(labels)
+    train_only = []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        class_groups = by_class[label]
+        total = sum(len(members[g]) for g in class_groups)
+        if total < len(held_out) + 1:
+            train_only.append(label)
+            continue
+        targets = {name: max(1, round(total * fraction[name])) for name in held_out}
+        while sum(targets.values()) > total - 1:  # keep at least one image to learn from
+            largest = max(targets, key=targets.get)
+            targets[largest] -= 1
+        filled = dict.fromkeys(held_out, 0)
+        rng.shuffle(class_groups)
+        for group in class_groups:
+            size = len(members[group])
+            target = next((name for name in held_out if filled[name] + size <= targets[name]), "train")
+            if target != "train":
+                filled[target] += size
+            for row in members[group]:
+                assignment[row] = target
+    if train_only:
+        logger.warning(
+            "%d class(es) have too few images to split and stay in train only: %s",
+            len(train_only),
+            ", ".join(train_only[:10]),
+        )
+    kept = sum(1 for rows in members.values() if len(rows) > 1)
+    return SplitPlan(assignment=assignment, train_only_classes=train_only, groups_kept_together=kept)
+
+
+def split_without_leaks(
+    data: ImageData,
+    output_dir: str | Path,
+    *,
+    val_size: float = 0.1,
+    test_size: float = 0.1,
+    seed: int = 42,
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD,
+    num_workers: int | None = None,
+) -> dict:
+    """Pool every image of `data`, find duplicate groups, split them stratified and write the CSVs.
+
+    Unreadable images are left out and listed in `bad_images.csv`. Returns the split report.
+    """
+    from .inspection import scan_data
+
+    if not (0 <= val_size < 1 and 0 <= test_size < 1 and val_size + test_size < 1):
+        raise ValueError(
+            f"--val_size {val_size} and --test_size {test_size} must be in [0, 1) with a sum below 1."
+        )
+    output_dir = Path(output_dir)
+    if len(data.splits) > 1:
+        logger.warning(
+            "The source is already split (%s); its images are pooled and split again.", ", ".join(data.splits)
+        )
+    inspected = scan_data(data, near_threshold=near_threshold, num_workers=num_workers)
+    plan = grouped_stratified_split(
+        inspected.labels, inspected.duplicates.component_of, val_size=val_size, test_size=test_size, seed=seed
+    )
+    pooled = (
+        concatenate_datasets(list(data.splits.values()))
+        if len(data.splits) > 1
+        else next(iter(data.splits.values()))
+    )
+    bad = [i for i, facts in enumerate(inspected.facts) if not facts.readable]
+    if bad:
+        write_csv(
+            output_dir / "bad_images.csv",
+            ["path", "reason"],
+            [(inspected.paths[i], inspected.facts[i].reason) for i in bad],
+        )
+        logger.warning(
+            "Left out %d unreadable image(s), listed in %s.", len(bad), output_dir / "bad_images.csv"
+        )
+    excluded = set(bad)
+    splits = {}
+    for name in ("train", "validation", "test"):
+        rows = [i for i, split in enumerate(plan.assignment) if split == name and i not in excluded]
+        if rows:
+            splits[name] = pooled.select(rows)
+    data.splits.clear()
+    data.splits.update(splits)
+    write_splits(data, output_dir)
+    label_names = data.labels
+    report = {
+        "seed": seed,
+        "val_size": val_size,
+        "test_size": test_size,
+        "near_duplicate_threshold": near_threshold,
+        "sizes": {name: len(split) for name, split in splits.items()},
+        "per_class": {
+            label: {
+                name: sum(1 for i in split[LABEL] if label_names[i] == label)
+                for name, split in splits.items()
+            }
+            for label in label_names
+        },
+        "duplicate_groups_kept_together": plan.groups_kept_together,
+        "train_only_classes": plan.train_only_classes,
+        "unreadable_left_out": len(bad),
+    }
+    write_json(output_dir / "split_report.json", report)
+    return report

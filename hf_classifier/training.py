@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
@@ -19,7 +20,7 @@ from .metrics import build_compute_metrics
 from .model_card import write_model_card
 from .modeling import build_model, load_image_processor, load_saved_weights
 from .quality import drop_bad_images
-from .sources import ImageData, load_image_data
+from .sources import ImageData
 from .splits import ensure_validation_split, write_splits
 from .transforms import ExampleTransform, Normalize, collate_examples, create_normalizer, create_transform
 
@@ -60,6 +61,33 @@ class ImageClassificationTrainer(Trainer):
         load_saved_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
 
+class EpochSummaryCallback(TrainerCallback):
+    """One log line per evaluation, instead of Trainer's log dict per logging step."""
+
+    def __init__(self) -> None:
+        self.last_loss: float | None = None
+        self.training_done = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer's callback API
+        if logs and "loss" in logs:
+            self.last_loss = logs["loss"]
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.training_done = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+        if not state.is_world_process_zero or not metrics or "eval_accuracy" not in metrics:
+            return
+        scores = (
+            f"validation accuracy {metrics['eval_accuracy']:.3f}, macro-F1 {metrics['eval_f1_macro']:.3f}"
+        )
+        if self.training_done:
+            logger.info("best model: %s", scores)
+        else:
+            loss = f"train loss {self.last_loss:.3f}, " if self.last_loss is not None else ""
+            logger.info("epoch %d/%g: %s%s", round(state.epoch), args.num_train_epochs, loss, scores)
+
+
 @dataclass
 class TrainingOutcome:
     output_dir: Path
@@ -72,18 +100,7 @@ def load_training_data(
 ) -> ImageData:
     """Load the source, check every image, make the validation split, and record the splits."""
     output_dir = Path(training_args.output_dir)
-    data = load_image_data(
-        data_dir=data_args.data_dir,
-        metadata_csv=data_args.metadata_csv,
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        image_root=data_args.image_root,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        split_dir=data_args.split_dir,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
-    )
+    data = data_args.load_data(cache_dir=model_args.cache_dir, token=model_args.token)
     logger.info("Loaded %s", data.describe())
     if data_args.check_images:
         data = drop_bad_images(
@@ -112,8 +129,12 @@ def train(
     model_args: ModelArguments,
     training_args: ClassifierTrainingArguments,
     callbacks: list[TrainerCallback] | None = None,
+    concise_logs: bool = False,
 ) -> TrainingOutcome:
-    """Fine-tune `model_args.model_name_or_path` on the data and write everything to OUTPUT_DIR."""
+    """Fine-tune `model_args.model_name_or_path` on the data and write everything to OUTPUT_DIR.
+
+    `concise_logs` replaces Trainer's per-step log dicts and metric tables with one line per epoch.
+    """
     started = time.time()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -156,6 +177,10 @@ def train(
         normalizer=create_normalizer(processor),
         callbacks=callbacks,
     )
+    if concise_logs:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(EpochSummaryCallback())
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and output_dir.is_dir():
@@ -164,21 +189,19 @@ def train(
             logger.info("Resuming from %s (the last checkpoint in %s).", checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # the best model (load_best_model_at_end) with its image processor
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    report = _metrics_reporter(trainer, concise_logs)
+    report("train", train_result.metrics)
     trainer.save_state()
 
     metrics = dict(train_result.metrics)
     eval_metrics = trainer.evaluate()
-    trainer.log_metrics("eval", eval_metrics)
-    trainer.save_metrics("eval", eval_metrics)
+    report("eval", eval_metrics)
     metrics.update(eval_metrics)
     if "test" in data.splits:
         # Final figures only: the test split plays no part in choosing the model.
         test_dataset = data.splits["test"].with_transform(eval_transform)
         test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
-        trainer.log_metrics("test", test_metrics)
-        trainer.save_metrics("test", test_metrics)
+        report("test", test_metrics)
         metrics.update(test_metrics)
 
     if trainer.is_world_process_zero():
@@ -205,3 +228,14 @@ def train(
                 revision=training_args.hub_revision,
             )
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)
+
+
+def _metrics_reporter(trainer: Trainer, concise: bool):
+    """Save `<split>_results.json` (and all_results.json); print the table unless logs are concise."""
+
+    def report(split: str, metrics: dict[str, float]) -> None:
+        if not concise:
+            trainer.log_metrics(split, metrics)
+        trainer.save_metrics(split, metrics)
+
+    return report

@@ -232,6 +232,25 @@ def get_preset(name: str) -> AugmentationPreset:
         ) from None
 
 
+def describe_preset(name: str) -> str:
+    """The preset in words (model cards, previews)."""
+    preset = get_preset(name)
+    if preset.crop_scale is None:
+        return "none (training images are prepared like evaluation images)."
+    parts = [f"random resized crop keeping {preset.crop_scale[0]:.0%}-{preset.crop_scale[1]:.0%} of the area"]
+    if preset.horizontal_flip:
+        parts.append("horizontal flip")
+    if preset.max_rotation:
+        parts.append(f"rotation up to ±{preset.max_rotation:g}°")
+    if preset.color_jitter_probability:
+        parts.append(
+            f"brightness ±{preset.brightness:.0%}, contrast ±{preset.contrast:.0%}, saturation ±{preset.saturation:.0%}"
+        )
+    if preset.trivial_augment:
+        parts.append("one TrivialAugment-style operation of random strength")
+    return ", ".join(parts) + "."
+
+
 def _color_jitter(image: Image.Image, preset: AugmentationPreset, rng: random.Random) -> Image.Image:
     if rng.random() >= preset.color_jitter_probability:
         return image

@@ -81,3 +81,32 @@ def fast_training_flags(output_dir: Path, **overrides) -> list[str]:
         if value is not None:
             argv += [f"--{key}", value]
     return argv
+
+
+def textured_photo(seed: int, size: tuple[int, int] = (200, 150)):
+    """A photo-like RGB image: random low-frequency structure plus fine noise. Different seeds give
+    perceptually different pictures (like real photos, unlike flat drawings)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+        size, Image.Resampling.BICUBIC
+    )
+    noise = rng.normal(0, 12, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(np.asarray(coarse, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+
+
+def make_textured_tree(root: Path, layout: dict[str, int], seed: int = 0) -> dict[str, list[Path]]:
+    """Folders of distinct textured JPEGs; returns the written paths per folder."""
+    written: dict[str, list[Path]] = {}
+    index = seed * 10_000
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        written[folder] = []
+        for i in range(count):
+            index += 1
+            path = root / folder / f"photo{i:03d}.jpg"
+            textured_photo(index).save(path, quality=90)
+            written[folder].append(path)
+    return written

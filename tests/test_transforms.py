@@ -123,3 +123,40 @@ def test_example_transform_and_collate_build_a_batch(tmp_path):
     )
     assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["pixel_values"].dtype == torch.uint8
     assert batch["labels"].tolist() == [0, 1, 2]
+
+
+def test_augment_preview_grid(clean_demo_data, tmp_path):
+    import numpy as np
+
+    from hf_classifier.cli import main
+
+    def preview(output):
+        assert (
+            main(
+                [
+                    "augment-preview",
+                    "--data_dir",
+                    str(clean_demo_data.root),
+                    "--label_column",
+                    "family",
+                    "--augmentation",
+                    "medium",
+                    "--output",
+                    str(output),
+                    "--num_images",
+                    "4",
+                    "--num_versions",
+                    "3",
+                    "--image_size",
+                    "96",
+                ]
+            )
+            == 0
+        )
+        return np.asarray(Image.open(output).convert("RGB"))
+
+    grid = preview(tmp_path / "grid.png")
+    height, width, _ = grid.shape
+    assert width > 5 * 96 and height > 4 * 96  # 4 rows: the photo, the plain input, 3 augmented versions
+    assert len(np.unique(grid.reshape(-1, 3), axis=0)) > 100
+    assert np.array_equal(preview(tmp_path / "again.png"), grid)  # seeded

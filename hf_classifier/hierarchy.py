@@ -1,0 +1,104 @@
+"""The label hierarchy (family -> phylum), taken from the data: a `phylum` column, or class folders
+named `phylum_family` (chordata_ardeidae)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+
+from .sources import LABEL, ImageData
+
+logger = logging.getLogger(__name__)
+
+PHYLUM = "phylum"
+
+# Animal phyla (and the plant/fungal divisions EOL photos also show), lower case, for reading
+# `phylum_family` folder names without mistaking `golden_retriever` for a phylum.
+KNOWN_PHYLA = frozenset(
+    {
+        "acanthocephala",
+        "annelida",
+        "arthropoda",
+        "brachiopoda",
+        "bryozoa",
+        "chaetognatha",
+        "chordata",
+        "cnidaria",
+        "ctenophora",
+        "cycliophora",
+        "echinodermata",
+        "entoprocta",
+        "gastrotricha",
+        "gnathostomulida",
+        "hemichordata",
+        "kinorhyncha",
+        "loricifera",
+        "micrognathozoa",
+        "mollusca",
+        "nematoda",
+        "nematomorpha",
+        "nemertea",
+        "onychophora",
+        "orthonectida",
+        "phoronida",
+        "placozoa",
+        "platyhelminthes",
+        "porifera",
+        "priapulida",
+        "rhombozoa",
+        "rotifera",
+        "sipuncula",
+        "tardigrada",
+        "xenacoelomorpha",
+        "tracheophyta",
+        "bryophyta",
+        "marchantiophyta",
+        "chlorophyta",
+        "rhodophyta",
+        "ascomycota",
+        "basidiomycota",
+    }
+)
+
+
+def phylum_of_folder_name(name: str) -> str | None:
+    """`chordata_ardeidae` -> `chordata`; None when the prefix is not a known phylum."""
+    prefix = name.split("_", 1)[0].lower()
+    return prefix if "_" in name and prefix in KNOWN_PHYLA else None
+
+
+def label_to_phylum(data: ImageData) -> dict[str, str] | None:
+    """Map every label to its phylum, or None when the data does not say.
+
+    A `phylum` column wins; otherwise every class name must read as `phylum_family`. A label seen
+    with several phyla in the column gets the most frequent one (with a warning).
+    """
+    if data.label_name == PHYLUM:
+        return None
+    labels = data.labels
+    columns = next(iter(data.splits.values())).column_names
+    if PHYLUM in columns:
+        seen: dict[str, Counter] = defaultdict(Counter)
+        for split in data.splits.values():
+            names = split.features[LABEL].names
+            for label, phylum in zip(split[LABEL], split[PHYLUM], strict=True):
+                if phylum:
+                    seen[names[label]][phylum.lower()] += 1
+        if set(seen) == set(labels):
+            mapping = {}
+            for label in labels:
+                (phylum, _), *others = seen[label].most_common()
+                if others:
+                    logger.warning(
+                        "%s %r appears with several phyla (%s); using %s.",
+                        data.label_name,
+                        label,
+                        ", ".join(seen[label]),
+                        phylum,
+                    )
+                mapping[label] = phylum
+            return mapping
+    from_names = {label: phylum_of_folder_name(label) for label in labels}
+    if all(from_names.values()):
+        return from_names  # type: ignore[return-value]
+    return None
