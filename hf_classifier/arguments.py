@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -152,6 +153,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow checkpoints that ship their own modelling code. Off unless asked."},
     )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stochastic depth: drop residual branches with this probability (for architectures "
+            "that have it: ConvNeXt, Swin, BEiT, DINOv2, EfficientNet, ...)."
+        },
+    )
 
     def hub_kwargs(self) -> dict[str, Any]:
         return {
@@ -205,12 +213,83 @@ class ClassifierTrainingArguments(TrainingArguments):
         metadata=TrainingArguments.__dataclass_fields__["dataloader_num_workers"].metadata,
     )
 
+    # Fine-tuning strategy (see hf_classifier/finetuning.py and the README's table)
+    finetune_strategy: Literal["full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze"] = field(
+        default="full", metadata={"help": "Which parameters train when."}
+    )
+    freeze_epochs: int = field(
+        default=1,
+        metadata={"help": "freeze_then_unfreeze / gradual_unfreeze: epochs that train the head alone."},
+    )
+    unfreeze_blocks_per_epoch: int | None = field(
+        default=None,
+        metadata={
+            "help": "gradual_unfreeze: depth levels unfrozen per epoch, from the top (default: all unfrozen "
+            "halfway through the remaining epochs)."
+        },
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay D: depth i trains at lr * D^(N+1-i) (0 = embeddings, "
+            "N = last block). 1 = off; 0.65-0.85 is usual for ViTs."
+        },
+    )
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the new head (default: --learning_rate)."}
+    )
+    # Overfitting and imbalance
+    class_weighting: Literal["none", "balanced", "effective_number"] = field(
+        default="none",
+        metadata={
+            "help": "Weight the loss by inverse class frequency (balanced) or by the "
+            "effective number of samples (Cui et al. 2019)."
+        },
+    )
+    effective_number_beta: float = field(
+        default=0.999, metadata={"help": "beta of --class_weighting effective_number."}
+    )
+    balanced_sampler: bool = field(
+        default=False,
+        metadata={"help": "Draw training images so that every class is equally likely (with replacement)."},
+    )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "Mixup: Beta(alpha, alpha) blending; 0 = off (0.2 is usual)."}
+    )
+    cutmix_alpha: float = field(
+        default=0.0, metadata={"help": "CutMix: Beta(alpha, alpha) box area; 0 = off (1.0 is usual)."}
+    )
+    mix_probability: float = field(
+        default=1.0, metadata={"help": "Share of batches mixed when mixup/cutmix is on."}
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights (e.g. 0.999); it is evaluated "
+            "and saved. 0 = off."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without a better validation macro-F1."},
+    )
+
     def __post_init__(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_accelerator():
+            # Several processes on a machine without GPUs (accelerate launch / torchrun): Accelerate
+            # forms a gloo process group only when told to use the CPU.
+            self.use_cpu = True
         super().__post_init__()
         # Trainer would drop the `image` column before our on-the-fly transform sees it.
         self.remove_unused_columns = False
         if self.dataloader_pin_memory and not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning helps host-to-GPU copies only
+        if self.finetune_strategy != "full" and self.ddp_find_unused_parameters is None:
+            # Frozen parameters get no gradient; DDP must expect that (they were registered trainable).
+            self.ddp_find_unused_parameters = True
+        for name in ("mixup_alpha", "cutmix_alpha", "ema_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -38,6 +38,7 @@ def build_model(
     labels: list[str],
     *,
     from_config: bool = False,
+    drop_path_rate: float | None = None,
     extra_config: dict[str, Any] | None = None,
     **hub_kwargs: Any,
 ) -> PreTrainedModel:
@@ -46,13 +47,16 @@ def build_model(
     Pretrained weights are kept everywhere but the classification head, which is re-initialised
     whenever the checkpoint's label set differs from `labels` (even when the sizes happen to match).
     `from_config` builds random weights from the checkpoint's config instead (tests, quickstart).
+    `drop_path_rate` sets stochastic depth where the architecture has it, and refuses where it has not.
     """
     id2label = dict(enumerate(labels))
     label2id = {label: index for index, label in id2label.items()}
     config = load_from_hub(AutoConfig.from_pretrained, "model config", checkpoint, **hub_kwargs)
     same_labels = [config.id2label[i] for i in sorted(config.id2label)] == list(labels)
+    if drop_path_rate is not None:
+        set_drop_path_rate(config, drop_path_rate)
+    config.id2label, config.label2id = id2label, label2id
     if from_config:
-        config.id2label, config.label2id = id2label, label2id
         if getattr(config, "architectures", None) is None:
             config.architectures = []  # from_config iterates it (fails on None for e.g. DeiT in transformers 5)
         model = AutoModelForImageClassification.from_config(
@@ -63,8 +67,7 @@ def build_model(
             AutoModelForImageClassification.from_pretrained,
             "model",
             checkpoint,
-            id2label=id2label,
-            label2id=label2id,
+            config=config,
             ignore_mismatched_sizes=True,  # the head: checked and re-initialised below
             **hub_kwargs,
         )
@@ -80,6 +83,23 @@ def build_model(
     if extra_config:
         setattr(model.config, CONFIG_KEY, {**getattr(model.config, CONFIG_KEY, {}), **extra_config})
     return model
+
+
+# Config attributes that hold the stochastic-depth rate, by architecture family.
+DROP_PATH_ATTRIBUTES = ("drop_path_rate", "drop_connect_rate", "stochastic_depth_rate")
+
+
+def set_drop_path_rate(config: Any, rate: float) -> None:
+    if not 0 <= rate < 1:
+        raise ValueError(f"--drop_path_rate must be in [0, 1), got {rate}")
+    for attribute in DROP_PATH_ATTRIBUTES:
+        if hasattr(config, attribute):
+            setattr(config, attribute, rate)
+            return
+    raise ValueError(
+        f"--drop_path_rate: {config.model_type} models have no stochastic depth "
+        f"(their config has none of {', '.join(DROP_PATH_ATTRIBUTES)}); leave it out for this architecture."
+    )
 
 
 def load_saved_weights(model: PreTrainedModel, folder: str) -> None:

@@ -11,54 +11,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
+from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
+from .finetuning import FinetunePlan, describe_plan
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
-from .modeling import build_model, load_image_processor, load_saved_weights
+from .modeling import build_model, load_image_processor
 from .quality import drop_bad_images
-from .sources import ImageData
+from .regularization import Mixer, ModelEMA, class_weights
+from .sources import LABEL, ImageData
 from .splits import ensure_validation_split, write_splits
-from .transforms import ExampleTransform, Normalize, collate_examples, create_normalizer, create_transform
+from .trainer import ImageClassificationTrainer
+from .transforms import ExampleTransform, collate_examples, create_normalizer, create_transform
 
 logger = logging.getLogger(__name__)
 
 SPLITS_DIR = "splits"
-
-
-class ImageClassificationTrainer(Trainer):
-    """`Trainer` that receives uint8 image batches and normalises them on the model's device."""
-
-    def __init__(self, *args: Any, normalizer: Normalize, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.normalizer = normalizer
-
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        inputs = super()._prepare_inputs(inputs)
-        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
-        return inputs
-
-    # Trainer restores weights with a plain load_state_dict, which loads nothing for architectures
-    # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        if model is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        logger.info("Loading the weights of %s", resume_from_checkpoint)
-        load_saved_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
-
-    def _load_best_model(self) -> None:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_best_model()
-        logger.info(
-            "Loading the best model, %s (%s %.4f)",
-            self.state.best_model_checkpoint,
-            self.args.metric_for_best_model,
-            self.state.best_metric,
-        )
-        load_saved_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
 
 
 class EpochSummaryCallback(TrainerCallback):
@@ -155,9 +127,13 @@ def train(
         model_args.model_name_or_path,
         data.labels,
         from_config=model_args.from_config,
+        drop_path_rate=model_args.drop_path_rate,
         extra_config={"label_name": data.label_name},
         **model_args.hub_kwargs(),
     )
+    plan = finetune_plan(model, training_args)
+    logger.info("Fine-tuning plan: %s", describe_plan(plan))
+    train_labels = list(data.splits["train"][LABEL])
 
     # Decoding and resizing happen on the fly, per batch, in the DataLoader workers.
     eval_transform = ExampleTransform(create_transform(processor))
@@ -175,7 +151,24 @@ def train(
         data_collator=collate_examples,
         compute_metrics=build_compute_metrics(),
         normalizer=create_normalizer(processor),
-        callbacks=callbacks,
+        plan=plan,
+        class_weights=class_weights(
+            train_labels, len(data.labels), training_args.class_weighting, training_args.effective_number_beta
+        ),
+        mixer=Mixer(
+            len(data.labels),
+            training_args.mixup_alpha,
+            training_args.cutmix_alpha,
+            training_args.mix_probability,
+        ),
+        ema=ModelEMA(model, training_args.ema_decay) if training_args.ema_decay > 0 else None,
+        sampler_labels=train_labels if training_args.balanced_sampler else None,
+        callbacks=list(callbacks or [])
+        + (
+            [EarlyStoppingCallback(training_args.early_stopping_patience)]
+            if training_args.early_stopping_patience
+            else []
+        ),
     )
     if concise_logs:
         trainer.remove_callback(PrinterCallback)
@@ -188,6 +181,8 @@ def train(
         if checkpoint:
             logger.info("Resuming from %s (the last checkpoint in %s).", checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.check_finite_loss()  # the last steps, if nothing was logged or saved after them
+    trainer.use_ema_weights()
     trainer.save_model()  # the best model (load_best_model_at_end) with its image processor
     report = _metrics_reporter(trainer, concise_logs)
     report("train", train_result.metrics)
@@ -228,6 +223,26 @@ def train(
                 revision=training_args.hub_revision,
             )
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)
+
+
+def finetune_plan(model: Any, args: ClassifierTrainingArguments) -> FinetunePlan:
+    """The parameter-to-depth map and the strategy's schedule for `model`."""
+    try:
+        depth_map = map_depths(model)
+    except UnsupportedArchitectureError:
+        if args.finetune_strategy != "full" or args.layer_decay != 1.0:
+            raise
+        depth_map = flat_depth_map(model)  # plain full fine-tuning needs no depths
+    return FinetunePlan(
+        depth_map=depth_map,
+        strategy=args.finetune_strategy,
+        learning_rate=args.learning_rate,
+        head_learning_rate=args.head_learning_rate,
+        layer_decay=args.layer_decay,
+        freeze_epochs=args.freeze_epochs,
+        unfreeze_blocks_per_epoch=args.unfreeze_blocks_per_epoch,
+        num_train_epochs=args.num_train_epochs,
+    )
 
 
 def _metrics_reporter(trainer: Trainer, concise: bool):

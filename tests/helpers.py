@@ -41,6 +41,18 @@ def save_checkpoint(folder: Path, kind: str = "vit", num_labels: int = 1000) -> 
         config = ConvNextConfig(**TINY_CONVNEXT, id2label=labels, label2id={v: k for k, v in labels.items()})
         model = ConvNextForImageClassification(config)
         processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    elif kind == "resnet":
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        config = ResNetConfig(
+            depths=[1, 1, 1, 1],
+            hidden_sizes=[8, 16, 24, 32],
+            embedding_size=8,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+        model = ResNetForImageClassification(config)
+        processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
     else:
         raise ValueError(kind)
     model.save_pretrained(folder)

@@ -1,0 +1,284 @@
+"""`ImageClassificationTrainer`: `Trainer` for image classifiers, with
+
+- uint8 batches normalised on the model's device;
+- the fine-tuning plan (parameter groups by depth, layer decay, head rate, freezing schedule);
+- a loss with class weights, label smoothing and mixup / cutmix targets;
+- gradient health: per-depth gradient norms in the logs, a non-finite loss stops the run;
+- optional EMA weights (evaluated, checkpointed and saved) and a class-balanced sampler;
+- checkpoint weights restored through `from_pretrained` (see `modeling.load_saved_weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
+
+from .depth import gradient_norms_by_depth
+from .finetuning import SUPPORTED_SCHEDULES, FinetunePlan
+from .modeling import load_saved_weights
+from .regularization import ClassBalancedSampler, Mixer, ModelEMA
+from .transforms import Normalize
+
+logger = logging.getLogger(__name__)
+
+EMA_FILE = "ema.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before saving anything after it."""
+
+
+class _PlanCallback(TrainerCallback):
+    """Learns the number of optimizer steps per epoch, and updates the EMA after each step."""
+
+    def __init__(self, trainer: ImageClassificationTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+        if train_dataloader is not None:
+            batches = len(train_dataloader)
+            accumulation = args.gradient_accumulation_steps
+            self.trainer.plan.steps_per_epoch = max(
+                batches // accumulation + int(batches % accumulation > 0), 1
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self.trainer.ema is not None:
+            self.trainer.ema.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
+
+
+class ImageClassificationTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        normalizer: Normalize,
+        plan: FinetunePlan,
+        class_weights: torch.Tensor | None = None,
+        mixer: Mixer | None = None,
+        ema: ModelEMA | None = None,
+        sampler_labels: list[int] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.normalizer = normalizer
+        self.plan = plan
+        self.class_weights = class_weights
+        self.mixer = mixer
+        self.ema = ema
+        self.sampler_labels = sampler_labels
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self._frozen_for_epoch: int | None = None
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self._last_checked_step = 0
+        self._gradient_norms: dict[str, float] = {}
+        self.add_callback(_PlanCallback(self))
+        if plan.freezes:
+            _keep_frozen_batch_norms_in_eval_mode(self.model, plan)
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
+        return inputs
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.sampler_labels is not None:
+            return ClassBalancedSampler(self.sampler_labels, seed=self.args.data_seed or self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # ---- optimizer and schedule ---------------------------------------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            model = model if model is not None else self.model
+            groups = self.plan.param_groups(model, self.args.weight_decay)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(
+                [{k: v for k, v in g.items() if k != "names"} for g in groups], **optimizer_kwargs
+            )
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        if not self.plan.freezes:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            schedule = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            if schedule not in SUPPORTED_SCHEDULES:
+                raise ValueError(
+                    f"--lr_scheduler_type {schedule} is not supported with --finetune_strategy "
+                    f"{self.plan.strategy}; use one of {', '.join(SUPPORTED_SCHEDULES)}."
+                )
+            optimizer = optimizer or self.optimizer
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            if schedule == "constant":
+                warmup = 0
+            lambdas = [
+                self.plan.lr_lambda(group["start_epoch"], schedule, warmup, num_training_steps)
+                for group in optimizer.param_groups
+            ]
+            self.lr_scheduler = LambdaLR(optimizer, lambdas)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ---- one step -----------------------------------------------------------------------------
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        epoch = self.plan.epoch_of_step(self.state.global_step)
+        if self.plan.freezes and epoch != self._frozen_for_epoch:
+            changed = self.plan.apply_freezing(self.accelerator.unwrap_model(model), epoch)
+            if changed and self._frozen_for_epoch is not None:
+                logger.info("Epoch %d: %d parameter tensors start training.", epoch, len(changed))
+            self._frozen_for_epoch = epoch
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        labels = inputs["labels"]
+        pixel_values = inputs["pixel_values"]
+        targets: torch.Tensor = labels
+        if model.training and self.mixer is not None and self.mixer.enabled:
+            pixel_values, targets = self.mixer(pixel_values, labels)
+        outputs = model(pixel_values=pixel_values)
+        weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
+        loss = nn.functional.cross_entropy(
+            outputs.logits.float(), targets, weight=weights, label_smoothing=self.args.label_smoothing_factor
+        )
+        if model.training:
+            # Kept on the device (no sync per step); checked before anything is logged or saved.
+            self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def _clip_grad_norm(self, model: nn.Module) -> Any:
+        if self._logs_next_step():
+            self._gradient_norms = gradient_norms_by_depth(
+                self.accelerator.unwrap_model(model), self.plan.depth_map
+            )
+        return super()._clip_grad_norm(model)
+
+    def _logs_next_step(self) -> bool:
+        steps = self.state.logging_steps or 0
+        return (
+            self.args.logging_strategy == IntervalStrategy.STEPS
+            and steps > 0
+            and (self.state.global_step + 1) % steps == 0
+        )
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        if self.control.should_log or self.control.should_save or self.control.should_evaluate:
+            self.check_finite_loss()  # a device sync: only when something is about to be logged or saved
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def check_finite_loss(self) -> None:
+        """Raise `NonFiniteLossError` if any training loss since the last check was NaN or infinite."""
+        flag = self._nonfinite
+        if self.args.world_size > 1:
+            flag = self.accelerator.reduce(flag.float(), reduction="sum") > 0
+        if bool(flag):
+            last = self._last_good_checkpoint()
+            raise NonFiniteLossError(
+                f"The training loss became NaN or infinite between steps {self._last_checked_step} and "
+                f"{self.state.global_step} (epoch {self.state.epoch:.2f}). Training stopped; "
+                + (
+                    f"the last checkpoint before it, {last}, is intact. "
+                    if last
+                    else "no checkpoint was saved. "
+                )
+                + "Try a lower --learning_rate or --max_grad_norm, bf16 instead of fp16, or "
+                "--finetune_strategy freeze_then_unfreeze."
+            )
+        self._last_checked_step = self.state.global_step
+
+    def _last_good_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = self.args.output_dir
+        return get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add what shows vanishing / exploding gradients and the rates
+            logs.update({f"grad_norm/{key}": round(value, 6) for key, value in self._gradient_norms.items()})
+            for group in self.optimizer.param_groups if self.optimizer is not None else ():
+                if group.get("depth") in (0, self.plan.depth_map.num_blocks) and not group.get("is_head"):
+                    key = "embeddings" if group["depth"] == 0 else "last_block"
+                    logs[f"learning_rate/{key}"] = group["lr"]
+        super().log(logs, start_time)
+
+    # ---- evaluation, checkpoints, EMA -----------------------------------------------------------
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.applied_to(self.accelerator.unwrap_model(self.model)):
+            return super().evaluate(*args, **kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self.check_finite_loss()
+        super()._save_checkpoint(model, trial)
+        if self.ema is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            save_file(self.ema.state_dict(), os.path.join(folder, EMA_FILE))
+
+    def _load_ema(self, folder: str) -> None:
+        path = os.path.join(folder, EMA_FILE)
+        if self.ema is not None and os.path.isfile(path):
+            self.ema.load_state_dict(load_file(path))
+
+    # Trainer restores weights with a plain load_state_dict, which loads nothing for architectures
+    # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if model is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading the weights of %s", resume_from_checkpoint)
+        load_saved_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
+        self._load_ema(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        logger.info(
+            "Loading the best model, %s (%s %.4f)",
+            self.state.best_model_checkpoint,
+            self.args.metric_for_best_model,
+            self.state.best_metric,
+        )
+        load_saved_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+        self._load_ema(self.state.best_model_checkpoint)
+
+    def use_ema_weights(self) -> None:
+        """Make the averaged weights the model's own (before the final save)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.accelerator.unwrap_model(self.model))
+
+
+def _keep_frozen_batch_norms_in_eval_mode(model: nn.Module, plan: FinetunePlan) -> None:
+    """A frozen BatchNorm must not keep updating its running statistics in train mode."""
+
+    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+        if module.training and not any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.eval()
+
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(True for _ in module.parameters()):
+            module.register_forward_pre_hook(pre_hook)
