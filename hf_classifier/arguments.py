@@ -238,6 +238,16 @@ class ClassifierTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the new head (default: --learning_rate)."}
     )
+    # The label hierarchy (family -> phylum, from a phylum column or phylum_family folders)
+    hierarchy: Literal["none", "multitask", "experts"] = field(
+        default="none",
+        metadata={
+            "help": "none: one family classifier. multitask: plus an auxiliary phylum head and loss on the "
+            "same backbone (the saved model is a plain family classifier). experts: a phylum "
+            "classifier routing each image to one family model per phylum."
+        },
+    )
+    phylum_loss_weight: float = field(default=0.3, metadata={"help": "multitask: weight of the phylum loss."})
     # Overfitting and imbalance
     class_weighting: Literal["none", "balanced", "effective_number"] = field(
         default="none",
@@ -317,6 +327,10 @@ class PredictArguments:
     )
     num_workers: int = field(
         default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
+    )
+    tta: Literal["none", "flip"] = field(
+        default="none",
+        metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
     )
 
     def __post_init__(self) -> None:
@@ -413,3 +427,33 @@ class AugmentPreviewArguments:
     num_images: int = field(default=6, metadata={"help": "Training images shown (spread over the classes)."})
     num_versions: int = field(default=5, metadata={"help": "Augmented versions of each."})
     seed: int = field(default=0, metadata={"help": "Same seed, same pictures."})
+
+
+@dataclass
+class EvaluateArguments:
+    model: str = field(
+        metadata={"help": "A trained model folder (OUTPUT_DIR of train, experts included) or Hub id."}
+    )
+    output_dir: str = field(metadata={"help": "Where metrics.json, the reports and the pictures go."})
+    tta: Literal["none", "flip"] = field(
+        default="none",
+        metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    device: Literal["auto", "cpu", "cuda", "mps"] = field(
+        default="auto", metadata={"help": "Where to run the model."}
+    )
+    num_workers: int = field(
+        default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
+    )
+    max_misclassified: int = field(
+        default=48, metadata={"help": "Wrong predictions shown in misclassified.png."}
+    )
+
+
+@dataclass
+class CompareArguments:
+    strategies: str = field(
+        default="flat,multitask,experts",
+        metadata={"help": "Comma-separated: flat (no hierarchy), multitask, experts."},
+    )

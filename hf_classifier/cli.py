@@ -46,6 +46,7 @@ def predict_command(argv: list[str]) -> int:
         batch_size=args.batch_size,
         device=args.device,
         num_workers=args.num_workers,
+        tta=args.tta,
     )
     errors = f", {result.errors} unreadable (see the 'error' column)" if result.errors else ""
     print(f"Wrote {result.rows} predictions ({result.label_name}) to {result.output}{errors}")
@@ -104,6 +105,63 @@ def split_command(argv: list[str]) -> int:
     return 0
 
 
+def evaluate_command(argv: list[str]) -> int:
+    from .arguments import DataSourceArguments, EvaluateArguments, parse_args
+    from .evaluation import evaluate_model
+    from .predictor import load_predictor
+    from .sources import DataSourceError
+
+    source, args = parse_args((DataSourceArguments, EvaluateArguments), argv, prog="hf-classifier evaluate")
+    data = None
+    if source.label_column is None:
+        # The model knows which column it learned (e.g. family): use it when the data has that column.
+        label_name = load_predictor(args.model).label_name
+        if label_name != "label":
+            source.label_column = label_name
+            try:
+                data = source.load_data()
+            except DataSourceError:
+                source.label_column = None
+    report = evaluate_model(
+        args.model,
+        data or source.load_data(),
+        args.output_dir,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        max_misclassified=args.max_misclassified,
+    )
+    phylum = f", phylum macro-F1 {report['phylum']['f1_macro']:.4f}" if "phylum" in report else ""
+    print(
+        f"{report['num_images']} images: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
+        f"{phylum}. Reports and pictures in {args.output_dir} (summary.md, metrics.json)."
+    )
+    return 0
+
+
+def compare_command(argv: list[str]) -> int:
+    from .arguments import (
+        ClassifierTrainingArguments,
+        CompareArguments,
+        DataArguments,
+        ModelArguments,
+        parse_args,
+    )
+    from .compare import compare
+
+    data_args, model_args, training_args, args = parse_args(
+        (DataArguments, ModelArguments, ClassifierTrainingArguments, CompareArguments),
+        argv,
+        prog="hf-classifier compare",
+    )
+    table = compare(
+        data_args, model_args, training_args, [s.strip() for s in args.strategies.split(",") if s.strip()]
+    )
+    print(table)
+    return 0
+
+
 def augment_preview_command(argv: list[str]) -> int:
     from .arguments import AugmentPreviewArguments, DataSourceArguments, parse_args
     from .io_utils import atomic_open
@@ -137,6 +195,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "look at the data: counts, sizes, modes, unreadable files, duplicates, plots",
     ),
     "split": (split_command, "write leak-free stratified train / validation / test CSVs"),
+    "evaluate": (evaluate_command, "metrics, confusion matrix, misclassified images and summary for a model"),
+    "compare": (compare_command, "train flat, multitask and experts on the same splits and compare them"),
     "augment-preview": (augment_preview_command, "show originals beside augmented versions"),
     "quickstart": (quickstart_command, "run the whole pipeline on a small embedded data set (no download)"),
 }

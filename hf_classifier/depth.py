@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .modeling import find_classifier
+from .modeling import AUXILIARY_HEAD, find_classifier
 
 SEQUENCE_CONTAINERS = (nn.ModuleList, nn.Sequential)
 
@@ -113,6 +113,7 @@ def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and module.out_features == num_labels
             and name.split(".")[-1].endswith("classifier")
         )
+        or name == AUXILIARY_HEAD  # --hierarchy multitask: trains with the head, from the start
     ]
     return heads
 

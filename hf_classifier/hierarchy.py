@@ -102,3 +102,52 @@ def label_to_phylum(data: ImageData) -> dict[str, str] | None:
     if all(from_names.values()):
         return from_names  # type: ignore[return-value]
     return None
+
+
+def relabel(data: ImageData, mapping: dict[str, str], label_name: str = PHYLUM) -> ImageData:
+    """The same images labelled with `mapping[label]` (e.g. family -> phylum)."""
+    from datasets import ClassLabel
+
+    parents = sorted(set(mapping.values()))
+    splits = {}
+    for name, split in data.splits.items():
+        old = split.features[LABEL].names
+        new_ids = [parents.index(mapping[old[i]]) for i in split[LABEL]]
+        splits[name] = (
+            split.remove_columns(LABEL)
+            .add_column(LABEL, new_ids)
+            .cast_column(LABEL, ClassLabel(names=parents))
+        )
+    return _with_splits(data, splits, label_name)
+
+
+def subset(data: ImageData, labels: list[str]) -> ImageData:
+    """Only the images of `labels`, with a label set reduced to them (in their original order)."""
+    from datasets import ClassLabel
+
+    kept = [label for label in data.labels if label in set(labels)]
+    splits = {}
+    for name, split in data.splits.items():
+        old = split.features[LABEL].names
+        rows = [i for i, label in enumerate(split[LABEL]) if old[label] in kept]
+        if not rows:
+            continue
+        chosen = split.select(rows)
+        new_ids = [kept.index(old[i]) for i in chosen[LABEL]]
+        splits[name] = (
+            chosen.remove_columns(LABEL).add_column(LABEL, new_ids).cast_column(LABEL, ClassLabel(names=kept))
+        )
+    return _with_splits(data, splits, data.label_name)
+
+
+def _with_splits(data: ImageData, splits: dict, label_name: str) -> ImageData:
+    from datasets import DatasetDict
+
+    return ImageData(
+        splits=DatasetDict(splits),
+        label_name=label_name,
+        image_root=data.image_root,
+        source_columns=data.source_columns,
+        source=dict(data.source),
+        skipped_images=data.skipped_images,
+    )

@@ -110,7 +110,44 @@ def load_saved_weights(model: PreTrainedModel, folder: str) -> None:
     Trainer uses for resuming and for the best model matches no key and silently loads nothing.
     """
     reloaded = type(model).from_pretrained(folder, config=model.config, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(reloaded.state_dict(), strict=True)
+    missing, unexpected = model.load_state_dict(reloaded.state_dict(), strict=False)
+    # Only parameters deliberately left out of saved files (an auxiliary head) may be missing.
+    not_saved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    if unexpected or set(missing) - not_saved:
+        raise RuntimeError(
+            f"The weights in {folder} do not match the model: missing {sorted(set(missing) - not_saved)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}."
+        )
+
+
+AUXILIARY_HEAD = "phylum_head"
+
+
+class FeatureTap:
+    """Keeps the input of the classification layer (the pooled features) from the latest forward pass."""
+
+    def __init__(self, classifier: nn.Module):
+        self.features: torch.Tensor | None = None
+        self.handle = classifier.register_forward_pre_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, inputs: tuple) -> None:
+        self.features = inputs[0]
+
+
+def attach_phylum_head(model: PreTrainedModel, num_phyla: int) -> FeatureTap:
+    """Add an auxiliary phylum classifier on the features the family head sees (`--hierarchy multitask`).
+
+    It is left out of every saved file (`_keys_to_ignore_on_save`), so the saved model stays a plain
+    family classifier that `pipeline("image-classification")` loads.
+    """
+    classifier = find_classifier(model, model.config.num_labels)
+    width = getattr(classifier, "in_features", None) or classifier.in_channels
+    model.add_module(AUXILIARY_HEAD, nn.Linear(width, num_phyla))
+    model._keys_to_ignore_on_save = set(model._keys_to_ignore_on_save or ()) | {
+        f"{AUXILIARY_HEAD}.weight",
+        f"{AUXILIARY_HEAD}.bias",
+    }
+    return FeatureTap(classifier)
 
 
 def find_classifier(model: nn.Module, num_labels: int) -> nn.Module:

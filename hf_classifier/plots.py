@@ -41,7 +41,7 @@ def text_width(text: str, size: int = 13) -> int:
 
 def fit_text(text: str, width: int, size: int = 13) -> str:
     """`text`, shortened with an ellipsis to fit `width` pixels."""
-    if text_width(text, size) <= width:
+    if not text or text_width(text, size) <= width:
         return text
     while text and text_width(text + "…", size) > width:
         text = text[:-1]
@@ -213,7 +213,8 @@ def heatmap(
     group_of: Sequence[str] | None = None,
     cell: int | None = None,
 ) -> Image.Image:
-    """A square matrix (rows: true, columns: predicted) as a white-to-dark-blue heat map with labels;
+    """A square matrix of rates in [0, 1] (rows: true, columns: predicted) as a white-to-dark-blue heat map
+    (square-root scale) with labels;
     `group_of` draws separators and a coloured band per group (e.g. phylum)."""
     n = len(labels)
     cell = cell or max(4, min(28, 1400 // max(n, 1)))
@@ -222,11 +223,13 @@ def heatmap(
     band = 8 if group_of else 0
     top = 40 + (30 if group_of else 0)
     size = n * cell
-    canvas = Image.new("RGB", (label_width + band + size + 20, top + band + size + 20), BACKGROUND)
+    width = max(label_width + band + size + 20, text_width(title, 16) + 20)
+    canvas = Image.new("RGB", (width, top + band + size + 20), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 8), title, fill=INK, font=font(16))
     x0, y0 = label_width + band, top + band
-    values = np.clip(np.nan_to_num(matrix.astype(np.float64)), 0, 1)
+    # Square root: a 5 % confusion is still visible next to a 90 % diagonal.
+    values = np.sqrt(np.clip(np.nan_to_num(matrix.astype(np.float64)), 0, 1))
     colors = np.stack([255 - 247 * values, 255 - 207 * values, 255 - 148 * values], axis=-1).astype(np.uint8)
     cells = Image.fromarray(colors, "RGB").resize((size, size), Image.Resampling.NEAREST)
     canvas.paste(cells, (x0, y0))

@@ -1,8 +1,8 @@
-"""Images in, one row per image out: `id, <label>, score[, <label>_2, score_2, ...], error`.
+"""Images in, one row per image out: `id, <label>[, phylum], score[, <label>_2, score_2, ...], error`.
 
 Inputs are a folder (searched recursively), a CSV listing images, or image files. Images are decoded
-in DataLoader workers with the training eval transform and run through the model in batches. A file
-that cannot be read gets a row with the reason in `error` instead of stopping the run.
+in DataLoader workers with the training eval transform and classified in batches (bf16 on a GPU).
+A file that cannot be read gets a row with the reason in `error` instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoModelForImageClassification
 
-from .images import BadImageError, open_image, relative_or_absolute
+from .images import BadImageError, ImageSource, open_image, relative_or_absolute
 from .io_utils import write_csv
-from .modeling import CONFIG_KEY, load_from_hub, load_image_processor
+from .predictor import Predictor, load_predictor
 from .sources import (
     DataSourceError,
     find_id_column,
@@ -28,11 +29,12 @@ from .sources import (
     read_csv_table,
     resolve_image_column,
 )
-from .transforms import create_normalizer, create_transform
+from .transforms import create_transform
 
 logger = logging.getLogger(__name__)
 
 CSV_SUFFIXES = (".csv", ".tsv")
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,21 @@ def _inputs_from_csv(
     ]
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, inputs: list[PredictionInput], transform: Any):
-        self.inputs = inputs
+# ---------------------------------------------------------------------------------------------
+# Batched inference, shared with `evaluate`
+
+
+class _DecodedImages(Dataset):
+    def __init__(self, sources: Sequence[ImageSource], transform: Any):
+        self.sources = sources
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return index, self.transform(open_image(self.inputs[index].source)), ""
+            return index, self.transform(open_image(self.sources[index])), ""
         except BadImageError as error:
             return index, None, error.reason
 
@@ -135,17 +141,57 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_classifier(model: str) -> tuple[Any, Any]:
-    """A fine-tuned model folder (or Hub id) and its image processor."""
-    classifier = load_from_hub(AutoModelForImageClassification.from_pretrained, "model", model)
-    return classifier, load_image_processor(model)
+def classify(
+    predictor: Predictor,
+    sources: Sequence[ImageSource],
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int = 0,
+    tta: str = "none",
+    progress: bool = False,
+) -> tuple[np.ndarray, list[str]]:
+    """Probabilities over `predictor.labels` for every source (NaN rows for unreadable ones), and the
+    reason each unreadable source failed ("" for the others). `tta="flip"` averages the
+    probabilities of the image and its mirror image."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    target = resolve_device(device)
+    predictor.to(target)
+    loader = DataLoader(
+        _DecodedImages(sources, create_transform(predictor.processor)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=target.type == "cuda",
+    )
+    probabilities = np.full((len(sources), len(predictor.labels)), np.nan, dtype=np.float32)
+    errors = [""] * len(sources)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else contextlib.nullcontext()
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="Classifying", unit="batch")
+    for batch in loader:
+        for index, reason in batch["errors"]:
+            errors[index] = reason
+        if batch["pixel_values"] is None:
+            continue
+        pixels = batch["pixel_values"].to(target, non_blocking=True)
+        with autocast:
+            probs = predictor.probabilities(pixels)
+            if tta == "flip":
+                probs = (probs + predictor.probabilities(torch.flip(pixels, dims=[-1]))) / 2
+        probabilities[batch["indices"]] = probs.float().cpu().numpy()
+    return probabilities, errors
 
 
-def label_name_of(model: Any) -> str:
-    return getattr(model.config, CONFIG_KEY, {}).get("label_name", "label")
+# ---------------------------------------------------------------------------------------------
+# predict
 
 
-@torch.inference_mode()
 def predict(
     model: str,
     inputs: list[str],
@@ -158,57 +204,43 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     num_workers: int = 0,
+    tta: str = "none",
 ) -> PredictionSummary:
     """Classify every input image and write the predictions CSV (atomically)."""
-    classifier, processor = load_classifier(model)
+    predictor = load_predictor(model)
     items = collect_inputs(inputs, image_root=image_root, image_column=image_column, id_column=id_column)
-    target = resolve_device(device)
-    classifier.to(target).eval()
-    normalize = create_normalizer(processor)
-    labels = classifier.config.id2label
-    top_k = min(top_k, len(labels))
-    label_name = label_name_of(classifier)
-
-    loader = DataLoader(
-        _ImageFiles(items, create_transform(processor)),
+    probabilities, errors = classify(
+        predictor,
+        [item.source for item in items],
         batch_size=batch_size,
+        device=device,
         num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=target.type == "cuda",
+        tta=tta,
     )
-    results: list[tuple[list[str], list[float], str]] = [([], [], "")] * len(items)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else contextlib.nullcontext()
-    )
-    for batch in loader:
-        for index, reason in batch["errors"]:
-            results[index] = ([], [], reason)
-        if batch["pixel_values"] is None:
-            continue
-        with autocast:
-            logits = classifier(
-                pixel_values=normalize(batch["pixel_values"].to(target, non_blocking=True))
-            ).logits
-        scores, classes = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
-        for index, row_scores, row_classes in zip(
-            batch["indices"], scores.tolist(), classes.tolist(), strict=True
-        ):
-            results[index] = ([labels[c] for c in row_classes], row_scores, "")
+    labels, label_name, phylum_of = predictor.labels, predictor.label_name, predictor.phylum_of
+    top_k = min(top_k, len(labels))
 
-    header = ["id", label_name, "score"]
+    header = ["id", label_name] + (["phylum"] if phylum_of else []) + ["score"]
     for rank in range(2, top_k + 1):
         header += [f"{label_name}_{rank}", f"score_{rank}"]
     header.append("error")
     rows = []
-    for item, (row_labels, row_scores, error) in zip(items, results, strict=True):
-        row: list[Any] = [item.id]
-        for rank in range(top_k):
-            row += [row_labels[rank], f"{row_scores[rank]:.6f}"] if row_labels else ["", ""]
-        rows.append(row + [error])
+    for item, probs, error in zip(items, probabilities, errors, strict=True):
+        if error:
+            rows.append([item.id] + [""] * (len(header) - 2) + [error])
+            continue
+        best = np.argsort(-probs, kind="stable")[:top_k]
+        row: list[Any] = [item.id, labels[best[0]]]
+        if phylum_of:
+            row.append(phylum_of.get(labels[best[0]], ""))
+        row.append(f"{probs[best[0]]:.6f}")
+        for index in best[1:]:
+            row += [labels[index], f"{probs[index]:.6f}"]
+        rows.append(row + [""])
     write_csv(output, header, rows)
-    errors = sum(1 for _, _, error in results if error)
-    if errors:
+    failed = sum(1 for error in errors if error)
+    if failed:
         logger.warning(
-            "%d of %d images could not be read; their rows carry the reason in 'error'.", errors, len(items)
+            "%d of %d images could not be read; their rows carry the reason in 'error'.", failed, len(items)
         )
-    return PredictionSummary(output=Path(output), rows=len(rows), errors=errors, label_name=label_name)
+    return PredictionSummary(output=Path(output), rows=len(rows), errors=failed, label_name=label_name)

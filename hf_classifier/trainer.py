@@ -23,13 +23,14 @@ from transformers.trainer_utils import IntervalStrategy
 
 from .depth import gradient_norms_by_depth
 from .finetuning import SUPPORTED_SCHEDULES, FinetunePlan
-from .modeling import load_saved_weights
+from .modeling import AUXILIARY_HEAD, FeatureTap, load_saved_weights
 from .regularization import ClassBalancedSampler, Mixer, ModelEMA
 from .transforms import Normalize
 
 logger = logging.getLogger(__name__)
 
 EMA_FILE = "ema.safetensors"
+PHYLUM_HEAD_FILE = "phylum_head.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,6 +66,9 @@ class ImageClassificationTrainer(Trainer):
         mixer: Mixer | None = None,
         ema: ModelEMA | None = None,
         sampler_labels: list[int] | None = None,
+        phylum_tap: FeatureTap | None = None,
+        phylum_index: torch.Tensor | None = None,
+        phylum_loss_weight: float = 0.3,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -74,6 +78,12 @@ class ImageClassificationTrainer(Trainer):
         self.mixer = mixer
         self.ema = ema
         self.sampler_labels = sampler_labels
+        # --hierarchy multitask: the auxiliary phylum head reads the features the family head sees.
+        self.phylum_tap = phylum_tap
+        self.family_to_phylum = (
+            nn.functional.one_hot(phylum_index).float() if phylum_index is not None else None
+        )
+        self.phylum_loss_weight = phylum_loss_weight
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self._frozen_for_epoch: int | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
@@ -161,10 +171,21 @@ class ImageClassificationTrainer(Trainer):
         loss = nn.functional.cross_entropy(
             outputs.logits.float(), targets, weight=weights, label_smoothing=self.args.label_smoothing_factor
         )
+        if model.training and self.phylum_tap is not None:
+            loss = loss + self.phylum_loss_weight * self._phylum_loss(model, labels, targets)
         if model.training:
             # Kept on the device (no sync per step); checked before anything is logged or saved.
             self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _phylum_loss(self, model: nn.Module, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        head = getattr(self.accelerator.unwrap_model(model), AUXILIARY_HEAD)
+        mapping = self.family_to_phylum.to(labels.device)
+        # Family targets (one-hot, smoothed or mixed) summed within each phylum.
+        family_targets = (
+            targets if targets.is_floating_point() else nn.functional.one_hot(labels, len(mapping)).float()
+        )
+        return nn.functional.cross_entropy(head(self.phylum_tap.features).float(), family_targets @ mapping)
 
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         if self._logs_next_step():
@@ -229,21 +250,33 @@ class ImageClassificationTrainer(Trainer):
         with self.ema.applied_to(self.accelerator.unwrap_model(self.model)):
             return super().evaluate(*args, **kwargs)
 
+    def _extra_states(self) -> dict[str, Any]:
+        """State kept in checkpoints beside the model's own file: EMA weights, the auxiliary head."""
+        states = {}
+        if self.ema is not None:
+            states[EMA_FILE] = self.ema
+        if self.phylum_tap is not None:
+            states[PHYLUM_HEAD_FILE] = getattr(self.accelerator.unwrap_model(self.model), AUXILIARY_HEAD)
+        return states
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         self.check_finite_loss()
         super()._save_checkpoint(model, trial)
-        if self.ema is not None and self.args.should_save:
+        if self.args.should_save and self._extra_states():
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            save_file(self.ema.state_dict(), os.path.join(folder, EMA_FILE))
+            for filename, holder in self._extra_states().items():
+                state = {k: v.detach().cpu().contiguous() for k, v in holder.state_dict().items()}
+                save_file(state, os.path.join(folder, filename))
 
-    def _load_ema(self, folder: str) -> None:
-        path = os.path.join(folder, EMA_FILE)
-        if self.ema is not None and os.path.isfile(path):
-            self.ema.load_state_dict(load_file(path))
+    def _load_extra_states(self, folder: str) -> None:
+        for filename, holder in self._extra_states().items():
+            path = os.path.join(folder, filename)
+            if os.path.isfile(path):
+                holder.load_state_dict(load_file(path))
 
     # Trainer restores weights with a plain load_state_dict, which loads nothing for architectures
     # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
@@ -252,7 +285,7 @@ class ImageClassificationTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         logger.info("Loading the weights of %s", resume_from_checkpoint)
         load_saved_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
-        self._load_ema(resume_from_checkpoint)
+        self._load_extra_states(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -264,7 +297,7 @@ class ImageClassificationTrainer(Trainer):
             self.state.best_metric,
         )
         load_saved_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
-        self._load_ema(self.state.best_model_checkpoint)
+        self._load_extra_states(self.state.best_model_checkpoint)
 
     def use_ema_weights(self) -> None:
         """Make the averaged weights the model's own (before the final save)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -18,12 +19,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
 from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
 from .finetuning import FinetunePlan, describe_plan
+from .hierarchy import label_to_phylum
 from .metrics import build_compute_metrics
 from .model_card import write_model_card
-from .modeling import build_model, load_image_processor
+from .modeling import attach_phylum_head, build_model, load_image_processor
 from .quality import drop_bad_images
 from .regularization import Mixer, ModelEMA, class_weights
-from .sources import LABEL, ImageData
+from .sources import LABEL, DataSourceError, ImageData
 from .splits import ensure_validation_split, write_splits
 from .trainer import ImageClassificationTrainer
 from .transforms import ExampleTransform, collate_examples, create_normalizer, create_transform
@@ -102,11 +104,19 @@ def train(
     training_args: ClassifierTrainingArguments,
     callbacks: list[TrainerCallback] | None = None,
     concise_logs: bool = False,
+    data: ImageData | None = None,
 ) -> TrainingOutcome:
     """Fine-tune `model_args.model_name_or_path` on the data and write everything to OUTPUT_DIR.
 
     `concise_logs` replaces Trainer's per-step log dicts and metric tables with one line per epoch.
+    `data` (already checked and split) replaces loading from `data_args`.
     """
+    if training_args.hierarchy == "experts":
+        from .experts import train_experts
+
+        return train_experts(
+            data_args, model_args, training_args, callbacks=callbacks, concise_logs=concise_logs
+        )
     started = time.time()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -117,8 +127,15 @@ def train(
 
         check_can_push(training_args.hub_model_id or output_dir.name)  # fail now, not after training
 
-    with training_args.main_process_first(desc="loading and checking the data"):
-        data = load_training_data(data_args, model_args, training_args)
+    if data is None:
+        with training_args.main_process_first(desc="loading and checking the data"):
+            data = load_training_data(data_args, model_args, training_args)
+    phylum_of = label_to_phylum(data)
+    if training_args.hierarchy == "multitask" and not phylum_of:
+        raise DataSourceError(
+            "--hierarchy multitask needs each label's phylum: a 'phylum' column, or class folders named "
+            "phylum_family (e.g. chordata_ardeidae)."
+        )
 
     processor = load_image_processor(
         model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
@@ -128,9 +145,18 @@ def train(
         data.labels,
         from_config=model_args.from_config,
         drop_path_rate=model_args.drop_path_rate,
-        extra_config={"label_name": data.label_name},
+        extra_config={
+            "label_name": data.label_name,
+            "phylum_of": phylum_of,
+            "hierarchy": training_args.hierarchy,
+        },
         **model_args.hub_kwargs(),
     )
+    phylum_tap = phylum_index = None
+    if training_args.hierarchy == "multitask":
+        phyla = sorted(set(phylum_of.values()))
+        phylum_tap = attach_phylum_head(model, len(phyla))
+        phylum_index = torch.tensor([phyla.index(phylum_of[label]) for label in data.labels])
     plan = finetune_plan(model, training_args)
     logger.info("Fine-tuning plan: %s", describe_plan(plan))
     train_labels = list(data.splits["train"][LABEL])
@@ -163,6 +189,9 @@ def train(
         ),
         ema=ModelEMA(model, training_args.ema_decay) if training_args.ema_decay > 0 else None,
         sampler_labels=train_labels if training_args.balanced_sampler else None,
+        phylum_tap=phylum_tap,
+        phylum_index=phylum_index,
+        phylum_loss_weight=training_args.phylum_loss_weight,
         callbacks=list(callbacks or [])
         + (
             [EarlyStoppingCallback(training_args.early_stopping_patience)]

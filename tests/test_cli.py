@@ -51,6 +51,6 @@ def test_quickstart_learns_the_embedded_data_well_above_chance(tmp_path):
     assert json.loads((model / "config.json").read_text())["hf_classifier"]["label_name"] == "family"
     with result.predictions.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 48 and list(rows[0])[:3] == ["id", "family", "score"]
+    assert len(rows) == 48 and list(rows[0])[:4] == ["id", "family", "phylum", "score"]
     text = summary(result)
     assert str(result.predictions) in text and "macro-F1" in text

@@ -87,7 +87,7 @@ def test_rare_species_folder_to_pipeline_and_predictions(demo_data, vit_checkpoi
     rows = read_csv(predictions)
     listed = read_csv(demo_data.metadata_csv)
     assert [row["id"] for row in rows] == [row["rare_species_id"] for row in listed]
-    assert list(rows[0]) == ["id", "family", "score", "family_2", "score_2", "error"]
+    assert list(rows[0]) == ["id", "family", "phylum", "score", "family_2", "score_2", "error"]
     assert summary.errors == 2 and sum(1 for row in rows if row["error"]) == 2
     good = [row for row in rows if not row["error"]]
     assert all(row["family"] in demo_data.labels and 0 < float(row["score"]) <= 1 for row in good)
