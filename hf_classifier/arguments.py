@@ -238,6 +238,13 @@ class ClassifierTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the new head (default: --learning_rate)."}
     )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License named in the model card (e.g. apache-2.0, cc-by-4.0). Default: the base "
+            "checkpoint's, when its card is on disk."
+        },
+    )
     # The label hierarchy (family -> phylum, from a phylum column or phylum_family folders)
     hierarchy: Literal["none", "multitask", "experts"] = field(
         default="none",
@@ -456,4 +463,21 @@ class CompareArguments:
     strategies: str = field(
         default="flat,multitask,experts",
         metadata={"help": "Comma-separated: flat (no hierarchy), multitask, experts."},
+    )
+
+
+@dataclass
+class PushArguments:
+    model_dir: str = field(metadata={"help": "The trained model folder (OUTPUT_DIR of train)."})
+    repo_id: str = field(metadata={"help": "USER/NAME or ORG/NAME on the Hub."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "The commit message."})
+    dry_run: str | None = field(
+        default=None,
+        metadata={"help": "Write exactly the upload set into this folder and list it; send nothing."},
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token (default: HF_TOKEN or the saved login). Never written anywhere."},
     )

@@ -53,6 +53,32 @@ def predict_command(argv: list[str]) -> int:
     return 0
 
 
+def push_command(argv: list[str]) -> int:
+    from .arguments import PushArguments, parse_args
+    from .publish import collect_upload_set, push_model_folder
+
+    # `push DIR --repo_id ...`: the folder may come first, without a flag.
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model_dir", argv[0], *argv[1:]]
+    (args,) = parse_args((PushArguments,), argv, prog="hf-classifier push")
+    files = collect_upload_set(args.model_dir)
+    where = push_model_folder(
+        args.model_dir,
+        repo_id=args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        dry_run=args.dry_run,
+    )
+    listing = "\n".join(f"  {name}" for name in files)
+    if args.dry_run:
+        print(f"Dry run: the upload set ({len(files)} files) is in {where}; nothing was sent.\n{listing}")
+    else:
+        print(f"Pushed {len(files)} files to https://huggingface.co/{args.repo_id} ({where})\n{listing}")
+    return 0
+
+
 def quickstart_command(argv: list[str]) -> int:
     from .arguments import parse_args
     from .quickstart import QuickstartArguments, run_quickstart, summary
@@ -196,6 +222,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     ),
     "split": (split_command, "write leak-free stratified train / validation / test CSVs"),
     "evaluate": (evaluate_command, "metrics, confusion matrix, misclassified images and summary for a model"),
+    "push": (push_command, "upload a trained model (weights, config, processor, card) to the Hub"),
     "compare": (compare_command, "train flat, multitask and experts on the same splits and compare them"),
     "augment-preview": (augment_preview_command, "show originals beside augmented versions"),
     "quickstart": (quickstart_command, "run the whole pipeline on a small embedded data set (no download)"),

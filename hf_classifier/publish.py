@@ -10,32 +10,25 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
 from .hub import HubUnavailableError, hub_reachable, offline_mode_requested
-from .model_card import CARD_FILE
+from .model_card import CARD_FILE, render_model_card
+from .predictor import EXPERTS_FILE
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
-OTHER_PATTERNS = (
-    CARD_FILE,
-    "*.png",
-    "eval_results.json",
-    "test_results.json",
-    "train_results.json",
-    "all_results.json",
-    "metrics.json",
-    "classification_report.csv",
-    "summary.md",
-)
+OTHER_PATTERNS = ("eval_results.json", "test_results.json", "train_results.json", "all_results.json")
+# From each evaluation_<split>/ folder: the card's picture and the figures behind it. Not the
+# misclassified images (they are the data set's photos) nor the per-image predictions.
+EVALUATION_FILES = ("confusion_matrix.png", "metrics.json", "classification_report.csv", "summary.md")
 
 
 class PublishError(RuntimeError):
@@ -43,10 +36,15 @@ class PublishError(RuntimeError):
 
 
 def collect_upload_set(model_dir: str | Path) -> list[str]:
-    """The files of `model_dir` (top level only) that are uploaded, sorted."""
+    """The files of `model_dir` that are uploaded (relative paths, sorted)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise PublishError(f"{model_dir} is not a folder.")
+    if (model_dir / EXPERTS_FILE).is_file():
+        raise PublishError(
+            f"{model_dir} is an experts folder (a router and one model per phylum), not one model: push its "
+            "router/ and family_<phylum>/ folders one by one, or publish a flat or multitask model."
+        )
     names = sorted(p.name for p in model_dir.iterdir() if p.is_file())
     missing = [name for name in REQUIRED_FILES if name not in names]
     weights = [n for n in names if any(fnmatch.fnmatch(n, pattern) for pattern in WEIGHT_PATTERNS)]
@@ -56,17 +54,25 @@ def collect_upload_set(model_dir: str | Path) -> list[str]:
             f"{model_dir} is not a trained model folder: {', '.join(absent)} missing. "
             "Pass the OUTPUT_DIR of `hf-classifier train`."
         )
-    return [
+    top = [
         n
         for n in names
         if n in REQUIRED_FILES
         or n in weights
         or any(fnmatch.fnmatch(n, pattern) for pattern in OTHER_PATTERNS)
     ]
+    evaluations = sorted(
+        path.relative_to(model_dir).as_posix()
+        for folder in model_dir.glob("evaluation_*")
+        if folder.is_dir()
+        for path in folder.iterdir()
+        if path.name in EVALUATION_FILES
+    )
+    return sorted(set(top) | {CARD_FILE} | set(evaluations))  # the card is rendered while staging
 
 
 def stage_upload(model_dir: str | Path, destination: str | Path, repo_id: str | None = None) -> list[str]:
-    """Copy the upload set into `destination` (created atomically); point the card's usage at `repo_id`."""
+    """Copy the upload set into `destination` (made atomically), with the card rendered for `repo_id`."""
     model_dir, destination = Path(model_dir), Path(destination)
     files = collect_upload_set(model_dir)
     if destination.exists() and any(destination.iterdir()):
@@ -75,9 +81,12 @@ def stage_upload(model_dir: str | Path, destination: str | Path, repo_id: str | 
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         for name in files:
+            if name == CARD_FILE:
+                continue
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(model_dir / name, staging / name)
-        if repo_id and (staging / CARD_FILE).is_file():
-            _point_card_at(staging / CARD_FILE, model_dir, repo_id)
+        # The card as a user of `repo_id` reads it: examples with the repo id, every evaluation so far.
+        (staging / CARD_FILE).write_text(str(render_model_card(model_dir, repo_id)), encoding="utf-8")
         if destination.exists():
             destination.rmdir()
         os.replace(staging, destination)
@@ -85,19 +94,6 @@ def stage_upload(model_dir: str | Path, destination: str | Path, repo_id: str | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return files
-
-
-def _point_card_at(card_path: Path, model_dir: Path, repo_id: str) -> None:
-    """The card was written with the local folder in its usage examples; use the repo id instead."""
-    card = ModelCard.load(card_path)
-    local_refs = {str(model_dir), str(model_dir.resolve()), model_dir.name}
-    text = card.text
-    for ref in sorted(local_refs, key=len, reverse=True):
-        text = re.sub(rf'(model=")({re.escape(ref)})(")', rf"\g<1>{repo_id}\g<3>", text)
-        text = re.sub(rf"(--model ){re.escape(ref)}(\s)", rf"\g<1>{repo_id}\g<2>", text)
-    card.text = text
-    card.data.model_name = repo_id.split("/")[-1]
-    card.save(card_path)
 
 
 def check_can_push(repo_id: str) -> None:

@@ -5,6 +5,7 @@ Works unchanged under `accelerate launch` (Trainer runs on Accelerate); only the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from .arguments import ClassifierTrainingArguments, DataArguments, ModelArgument
 from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
 from .finetuning import FinetunePlan, describe_plan
 from .hierarchy import label_to_phylum
+from .hub import is_local_path
 from .metrics import build_compute_metrics
-from .model_card import write_model_card
+from .model_card import base_model_license, card_dataset_id, write_model_card, write_training_summary
 from .modeling import attach_phylum_head, build_model, load_image_processor
 from .quality import drop_bad_images
 from .regularization import Mixer, ModelEMA, class_weights
@@ -122,6 +124,8 @@ def train(
     output_dir = Path(training_args.output_dir)
     push_requested = training_args.push_to_hub
     training_args.push_to_hub = False  # we push our own curated upload set at the end, not Trainer's
+    # Trainer pickles its arguments into training_args.bin: the token must not be among them.
+    hub_token, training_args.hub_token = training_args.hub_token, None
     if push_requested and training_args.should_save:
         from .publish import check_can_push
 
@@ -229,29 +233,60 @@ def train(
         metrics.update(test_metrics)
 
     if trainer.is_world_process_zero():
-        write_model_card(
-            output_dir,
-            model=trainer.model,
-            processor=processor,
-            base_model=None if model_args.from_config else model_args.model_name_or_path,
-            data=data,
-            dataset_id=data_args.card_dataset_id,
-            augmentation=data_args.augmentation,
-            training_args=training_args,
-            metrics=metrics,
-            training_seconds=time.time() - started,
-        )
+        describe_run(output_dir, data, data_args, model_args, training_args, time.time() - started)
         if push_requested:
             from .publish import push_model_folder
 
             push_model_folder(
                 output_dir,
                 repo_id=training_args.hub_model_id or output_dir.name,
-                token=training_args.hub_token,
+                token=hub_token,
                 private=bool(training_args.hub_private_repo),
                 revision=training_args.hub_revision,
             )
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)
+
+
+def describe_run(
+    output_dir: Path,
+    data: ImageData,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: ClassifierTrainingArguments,
+    training_seconds: float,
+) -> None:
+    """Evaluate the saved model on validation (and test) into evaluation_<split>/, record the run in
+    training_summary.json, and write the model card from what is now in the folder."""
+    from .evaluation import evaluate_model
+
+    for split in ("validation", "test"):
+        if split in data.splits:
+            only = dataclasses.replace(data, splits=type(data.splits)({split: data.splits[split]}))
+            evaluate_model(
+                output_dir,
+                only,
+                output_dir / f"evaluation_{split}",
+                progress=False,
+                batch_size=training_args.per_device_eval_batch_size,
+                num_workers=training_args.dataloader_num_workers,
+            )
+    checkpoint = model_args.model_name_or_path
+    # The card names a Hub id only: a local folder's path is neither a Hub reference nor anyone's business.
+    base_model = None if model_args.from_config or is_local_path(checkpoint) else checkpoint
+    write_training_summary(
+        output_dir,
+        data=data,
+        base_model=base_model,
+        local_checkpoint=Path(checkpoint).name
+        if is_local_path(checkpoint) and not model_args.from_config
+        else None,
+        dataset_id=card_dataset_id(data, data_args.card_dataset_id),
+        license=training_args.license or base_model_license(checkpoint),
+        augmentation=data_args.augmentation,
+        training_args=training_args,
+        training_seconds=training_seconds,
+    )
+    write_model_card(output_dir)
 
 
 def finetune_plan(model: Any, args: ClassifierTrainingArguments) -> FinetunePlan:
