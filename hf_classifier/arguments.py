@@ -103,6 +103,20 @@ class DataArguments(DataSourceArguments):
     augmentation: Literal["none", "light", "medium", "strong"] = field(
         default="light", metadata={"help": "Training augmentation preset."}
     )
+    prepare: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode every photo once into a pre-resized Arrow copy (cached, reused by later epochs "
+            "and runs): much faster epochs on full-size photos."
+        },
+    )
+    prepared_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where prepared copies are kept (default: ~/.cache/hf_classifier/prepared)."},
+    )
+    prepare_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for --prepare (default: all CPUs)."}
+    )
     card_dataset_id: str | None = field(
         default=None,
         metadata={
@@ -116,8 +130,30 @@ class DataArguments(DataSourceArguments):
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only this many validation/test images."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training images (WebDataset .tar shards in --data_dir, or a Hub data set) "
+            "instead of loading them: for data larger than the disk. Needs --max_steps."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=2000, metadata={"help": "--streaming: images held in the shuffling buffer."}
+    )
+    class_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "--streaming: the class names in label-index order, comma-separated or a file with one "
+            "per line (default: classes.txt beside the shards, or the Hub data set's ClassLabel)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.streaming and (self.prepare or self.split_dir or self.metadata_csv):
+            raise ValueError(
+                "--streaming reads WebDataset shards (--data_dir) or a Hub data set (--dataset_name); "
+                "it does not combine with --prepare, --split_dir or --metadata_csv."
+            )
         if not 0.0 < self.validation_split_ratio < 1.0:
             raise ValueError(
                 f"--validation_split_ratio must be between 0 and 1, got {self.validation_split_ratio}"
@@ -153,6 +189,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow checkpoints that ship their own modelling code. Off unless asked."},
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: sdpa, eager, flash_attention_2, ... (default: transformers' choice, "
+            "SDPA where the model supports it)."
+        },
+    )
     drop_path_rate: float | None = field(
         default=None,
         metadata={
@@ -167,12 +210,31 @@ class ModelArguments:
             "cache_dir": self.cache_dir,
             "token": self.token,
             "trust_remote_code": self.trust_remote_code,
+            **({"attn_implementation": self.attn_implementation} if self.attn_implementation else {}),
         }
 
 
 def _training_field(name: str, default: Any) -> Any:
     """Re-declare a `TrainingArguments` field with our default, keeping its help text."""
     return field(default=default, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
+def _cuda_capability() -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability()
 
 
 def _has_accelerator() -> bool:
@@ -182,7 +244,7 @@ def _has_accelerator() -> bool:
 
 
 def default_num_workers() -> int:
-    return min(8, available_cpus())
+    return available_cpus()
 
 
 @dataclass
@@ -211,6 +273,18 @@ class ClassifierTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = field(
         default_factory=default_num_workers,
         metadata=TrainingArguments.__dataclass_fields__["dataloader_num_workers"].metadata,
+    )
+    dataloader_persistent_workers: bool = _training_field("dataloader_persistent_workers", True)
+    dataloader_prefetch_factor: int | None = _training_field("dataloader_prefetch_factor", 4)
+    # None = automatic: bf16 where the GPU supports it, TF32 on Ampere and newer.
+    bf16: bool | None = _training_field("bf16", None)
+    tf32: bool | None = _training_field("tf32", None)
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "channels_last memory format for convolutional networks (default: on for conv nets on "
+            "a CUDA GPU)."
+        },
     )
 
     # Fine-tuning strategy (see hf_classifier/finetuning.py and the README's table)
@@ -296,14 +370,24 @@ class ClassifierTrainingArguments(TrainingArguments):
             # Several processes on a machine without GPUs (accelerate launch / torchrun): Accelerate
             # forms a gloo process group only when told to use the CPU.
             self.use_cpu = True
+        gpu = not self.use_cpu and _cuda_available()
+        if self.bf16 is None:
+            self.bf16 = gpu and not self.fp16 and _cuda_bf16()
+        if self.tf32 is None and gpu and _cuda_capability() >= (8, 0):
+            self.tf32 = True
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # both need worker processes
+            self.dataloader_prefetch_factor = None
         super().__post_init__()
         # Trainer would drop the `image` column before our on-the-fly transform sees it.
         self.remove_unused_columns = False
         if self.dataloader_pin_memory and not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning helps host-to-GPU copies only
-        if self.finetune_strategy != "full" and self.ddp_find_unused_parameters is None:
+        if self.ddp_find_unused_parameters is None:
             # Frozen parameters get no gradient; DDP must expect that (they were registered trainable).
-            self.ddp_find_unused_parameters = True
+            # Otherwise every parameter is used, and the extra graph traversal per step is waste
+            # (Trainer's own default turns it on for every model).
+            self.ddp_find_unused_parameters = self.finetune_strategy != "full"
         for name in ("mixup_alpha", "cutmix_alpha", "ema_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
@@ -338,6 +422,13 @@ class PredictArguments:
     tta: Literal["none", "flip"] = field(
         default="none",
         metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
+    )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata={
+            "help": "Inference precision. auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 "
+            "on a CPU with AVX512-BF16/AMX is about 2x faster than fp32."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -446,6 +537,13 @@ class EvaluateArguments:
         default="none",
         metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
     )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata={
+            "help": "Inference precision. auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 "
+            "on a CPU with AVX512-BF16/AMX is about 2x faster than fp32."
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     device: Literal["auto", "cpu", "cuda", "mps"] = field(
         default="auto", metadata={"help": "Where to run the model."}
@@ -480,4 +578,22 @@ class PushArguments:
     token: str | None = field(
         default=None,
         metadata={"help": "Hub token (default: HF_TOKEN or the saved login). Never written anywhere."},
+    )
+
+
+@dataclass
+class PrepareArguments:
+    image_size: int = field(
+        default=224, metadata={"help": "The training size; images are stored at a margin above it."}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where prepared copies are kept (default: ~/.cache/hf_classifier/prepared)."},
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes (default: all CPUs)."})
+    skip_bad_images: bool = field(
+        default=True, metadata={"help": "Record unreadable images instead of stopping."}
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where bad_images.csv goes (default: the cache)."}
     )

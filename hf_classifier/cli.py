@@ -32,6 +32,7 @@ def train_command(argv: list[str]) -> int:
 
 def predict_command(argv: list[str]) -> int:
     from .arguments import PredictArguments, parse_args
+    from .distributed import is_main_process
     from .predict import predict
 
     (args,) = parse_args((PredictArguments,), argv, prog="hf-classifier predict")
@@ -47,7 +48,11 @@ def predict_command(argv: list[str]) -> int:
         device=args.device,
         num_workers=args.num_workers,
         tta=args.tta,
+        precision=args.precision,
+        distributed=True,
     )
+    if not is_main_process():
+        return 0
     errors = f", {result.errors} unreadable (see the 'error' column)" if result.errors else ""
     print(f"Wrote {result.rows} predictions ({result.label_name}) to {result.output}{errors}")
     return 0
@@ -133,6 +138,7 @@ def split_command(argv: list[str]) -> int:
 
 def evaluate_command(argv: list[str]) -> int:
     from .arguments import DataSourceArguments, EvaluateArguments, parse_args
+    from .distributed import is_main_process
     from .evaluation import evaluate_model
     from .predictor import load_predictor
     from .sources import DataSourceError
@@ -157,7 +163,11 @@ def evaluate_command(argv: list[str]) -> int:
         device=args.device,
         num_workers=args.num_workers,
         max_misclassified=args.max_misclassified,
+        precision=args.precision,
+        distributed=True,
     )
+    if not is_main_process():
+        return 0
     phylum = f", phylum macro-F1 {report['phylum']['f1_macro']:.4f}" if "phylum" in report else ""
     print(
         f"{report['num_images']} images: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
@@ -185,6 +195,25 @@ def compare_command(argv: list[str]) -> int:
         data_args, model_args, training_args, [s.strip() for s in args.strategies.split(",") if s.strip()]
     )
     print(table)
+    return 0
+
+
+def prepare_command(argv: list[str]) -> int:
+    from .arguments import DataSourceArguments, PrepareArguments, parse_args
+    from .prepare import default_cache_dir, prepare_data, prepared_size
+    from .quality import handle_bad_rows
+
+    source, args = parse_args((DataSourceArguments, PrepareArguments), argv, prog="hf-classifier prepare")
+    cache_dir = args.cache_dir or str(default_cache_dir())
+    size = prepared_size(args.image_size)
+    data, bad = prepare_data(source.load_data(), size, cache_dir=cache_dir, num_proc=args.num_proc)
+    data = handle_bad_rows(data, bad, skip=args.skip_bad_images, report_dir=args.output_dir or cache_dir)
+    total = sum(len(split) for split in data.splits.values())
+    print(
+        f"Prepared {total} images (shorter side {size} px) in {cache_dir}"
+        + (f"; {len(bad)} unreadable, listed in bad_images.csv" if bad else "")
+        + ". Runs with the same data and --prepare reuse them."
+    )
     return 0
 
 
@@ -219,6 +248,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "inspect": (
         inspect_command,
         "look at the data: counts, sizes, modes, unreadable files, duplicates, plots",
+    ),
+    "prepare": (
+        prepare_command,
+        "decode every photo once into a pre-resized, cached Arrow copy (fast epochs)",
     ),
     "split": (split_command, "write leak-free stratified train / validation / test CSVs"),
     "evaluate": (evaluate_command, "metrics, confusion matrix, misclassified images and summary for a model"),

@@ -17,6 +17,7 @@ import numpy as np
 from datasets import Value
 from PIL import Image, ImageDraw
 
+from .distributed import is_main_process
 from .hierarchy import label_to_phylum
 from .images import ImageSource, open_image, relative_or_absolute
 from .io_utils import atomic_open, write_csv, write_json, write_text
@@ -111,7 +112,7 @@ class _LazyImages(Sequence):
 
 
 def _image_sources(data: ImageData) -> Sequence[ImageSource]:
-    if all(isinstance(split.features[IMAGE], Value) for split in data.splits.values()):
+    if all(split.features[IMAGE] == Value("string") for split in data.splits.values()):
         return [path for split in data.splits.values() for path in split[IMAGE]]
     return _LazyImages(data)
 
@@ -124,7 +125,7 @@ def _ids(data: ImageData) -> list[str]:
         )
         if column:
             ids.extend(str(v) for v in split[column])
-        elif isinstance(split.features[IMAGE], Value):
+        elif split.features[IMAGE] == Value("string"):
             ids.extend(relative_or_absolute(p, data.image_root) for p in split[IMAGE])
         else:
             ids.extend(f"{name}/{i}" for i in range(len(split)))
@@ -142,6 +143,8 @@ def evaluate_model(
     num_workers: int = 0,
     max_misclassified: int = 48,
     progress: bool = True,
+    precision: str = "auto",
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` (a model or experts folder) on every image of every split of `data`."""
     output_dir = Path(output_dir)
@@ -162,7 +165,9 @@ def evaluate_model(
         device=device,
         num_workers=num_workers,
         tta=tta,
+        precision=precision,
         progress=progress,
+        distributed=distributed,
     )
 
     unknown = Counter(name for name in true_names if name not in index_of)
@@ -193,6 +198,8 @@ def evaluate_model(
         }
     )
 
+    if not is_main_process():  # every process has the full report; one writes it
+        return report
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / METRICS_FILE, report)
     _write_classification_report(output_dir / "classification_report.csv", report)

@@ -76,10 +76,12 @@ def label_to_phylum(data: ImageData) -> dict[str, str] | None:
     if data.label_name == PHYLUM:
         return None
     labels = data.labels
-    columns = next(iter(data.splits.values())).column_names
+    # A streamed split cannot be read up front: the column is looked up in the stored ones.
+    stored = [split for split in data.splits.values() if hasattr(split, "__len__")]
+    columns = stored[0].column_names if stored else []
     if PHYLUM in columns:
         seen: dict[str, Counter] = defaultdict(Counter)
-        for split in data.splits.values():
+        for split in stored:
             names = split.features[LABEL].names
             for label, phylum in zip(split[LABEL], split[PHYLUM], strict=True):
                 if phylum:

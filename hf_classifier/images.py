@@ -47,6 +47,102 @@ def describe_source(source: ImageSource) -> str:
     return "<image bytes>"
 
 
+class DecodedImage:
+    """An RGB image and where it came from: with JPEG draft decoding, `image` is smaller than the
+    photo, and `extent` is the photo's full area in `image`'s pixel coordinates (fractional).
+
+    Held as a PIL image, or as raw pixels (height x width x 3 uint8, e.g. a prepared copy): each form
+    is made from the other only when asked for, so a tensor-only transform never builds a PIL image."""
+
+    __slots__ = ("_image", "_pixels", "original_size", "extent")
+
+    def __init__(
+        self,
+        image: Image.Image | None,
+        original_size: tuple[int, int],
+        extent: tuple[float, float],
+        pixels: np.ndarray | None = None,
+    ):
+        if image is None and pixels is None:
+            raise ValueError("DecodedImage needs an image or its pixels")
+        self._image, self._pixels = image, pixels
+        self.original_size, self.extent = original_size, extent
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = Image.fromarray(self._pixels, "RGB")
+        return self._image
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = np.asarray(self._image.convert("RGB"))
+        return self._pixels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the decode."""
+        if self._image is not None:
+            return self._image.size
+        return self._pixels.shape[1], self._pixels.shape[0]
+
+    @property
+    def scale(self) -> float:
+        """Decoded pixels per original pixel (1 without draft decoding)."""
+        return self.extent[0] / self.original_size[0]
+
+
+def decode_image(source: ImageSource, draft_size: tuple[int, int] | None = None) -> DecodedImage:
+    """`open_image`, at a reduced JPEG DCT scale that still covers `draft_size` (width, height) when
+    the photo is much larger, remembering the photo's original size so that sizes and crop boxes can
+    be computed on the photo and mapped onto the smaller decode (the output geometry is unchanged)."""
+    raw_rgb = _raw_ppm(source)
+    if raw_rgb is not None:
+        height, width = raw_rgb.shape[:2]
+        return DecodedImage(None, (width, height), (float(width), float(height)), pixels=raw_rgb)
+    if draft_size is None:
+        image = open_image(source)
+        return DecodedImage(image, image.size, (float(image.width), float(image.height)))
+    name = describe_source(source)
+    try:
+        raw = _open(source)
+        original = raw.size
+        box = None
+        if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
+            # A rotation would move the draft's padded edge; rotated photos are decoded in full.
+            _, box = raw.draft("RGB", draft_size)
+    except FileNotFoundError as error:
+        raise BadImageError(name, "file not found") from error
+    except (OSError, SyntaxError, ValueError):
+        return decode_image(source)  # let open_image give the precise reason
+    try:
+        image = open_image(raw)
+    except BadImageError as error:
+        raise BadImageError(name, error.reason) from error
+    if box is None or image.size == original:
+        return DecodedImage(image, image.size, (float(image.width), float(image.height)))
+    return DecodedImage(image, original, (float(box[2]), float(box[3])))
+
+
+def _raw_ppm(source: ImageSource) -> np.ndarray | None:
+    """Prepared copies are binary PPM (`P6 width height 255`, RGB bytes): their pixels, read without a
+    parser or a copy. Anything else (or a PPM that does not fit this exact form) returns None."""
+    if not isinstance(source, (bytes, bytearray)) or not source.startswith(b"P6\n"):
+        return None
+    try:
+        size_end = source.index(b"\n", 3)
+        width, height = (int(v) for v in source[3:size_end].split())
+        start = source.index(b"\n", size_end + 1) + 1
+        if source[size_end + 1 : start - 1] != b"255" or len(source) - start != width * height * 3:
+            return None
+        return np.frombuffer(source, dtype=np.uint8, count=width * height * 3, offset=start).reshape(
+            height, width, 3
+        )
+    except ValueError:
+        return None
+
+
 def open_image(
     source: ImageSource,
     *,

@@ -47,6 +47,14 @@ def classification_metrics(logits: np.ndarray, references: np.ndarray) -> dict[s
     return metrics
 
 
+def cross_entropy(logits: np.ndarray, references: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(references)), np.asarray(references, dtype=np.int64)].mean())
+
+
 def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     """`Trainer(compute_metrics=...)`: logits and labels of the whole evaluation set -> metrics."""
 
@@ -54,6 +62,11 @@ def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
         logits = prediction.predictions
         if isinstance(logits, (tuple, list)):  # models that also return hidden states
             logits = logits[0]
-        return classification_metrics(logits, prediction.label_ids)
+        return {
+            **classification_metrics(logits, prediction.label_ids),
+            "cross_entropy": cross_entropy(logits, prediction.label_ids),
+            # Shows that no image was dropped or counted twice when several processes evaluate.
+            "num_images": len(prediction.label_ids),
+        }
 
     return compute_metrics

@@ -91,9 +91,16 @@ def write_training_summary(
     """Everything the card needs about the run that the model folder does not hold already.
     Curated on purpose: hyperparameter values only, no paths, no tokens."""
     labels = data.labels
+    streamed = bool(data.source.get("streaming"))
     train_counts = {label: 0 for label in labels}
-    for index in data.splits["train"][LABEL]:
-        train_counts[labels[index]] += 1
+    if streamed:  # counted only as far as training read: the number of images drawn
+        devices = max(1, getattr(training_args, "world_size", 1))
+        train_counts = {}
+        drawn = training_args.max_steps * training_args.per_device_train_batch_size * devices
+        drawn *= training_args.gradient_accumulation_steps
+    else:
+        for index in data.splits["train"][LABEL]:
+            train_counts[labels[index]] += 1
     summary = {
         "base_model": base_model,
         "local_checkpoint": local_checkpoint,
@@ -102,7 +109,11 @@ def write_training_summary(
         "data": {
             "kind": data.source.get("kind"),
             "label_name": data.label_name,
-            "splits": {name: len(split) for name, split in data.splits.items()},
+            "splits": {
+                name: drawn if streamed and name == "train" else len(split)
+                for name, split in data.splits.items()
+            },
+            "streamed": streamed,
             "train_class_counts": train_counts,
             "skipped_images": data.skipped_images,
         },
@@ -394,7 +405,15 @@ def _data_description(data: dict, label_name: str, num_labels: int) -> str:
         "data_dir": "image folders (one folder per class)",
         "metadata_csv": "images listed in a metadata CSV",
         "dataset": "a data set from the Hugging Face Hub",
+        "webdataset": "WebDataset shards",
     }.get(data.get("kind"), "local images")
+    if data.get("streamed"):
+        sizes = data.get("splits") or {}
+        return (
+            f"Streamed from {where}, labelled with their {label_name} ({num_labels} classes): training drew "
+            f"{sizes.get('train', 0)} images from a shuffled stream; validation holds {sizes.get('validation', 0)} "
+            "images of its own shards."
+        )
     return (
         f"{total} images from {where}, labelled with their {label_name} ({num_labels} classes). "
         "The splits are stratified by class; the exact file lists stay with the training run (`splits/`)."

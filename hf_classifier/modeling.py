@@ -120,6 +120,11 @@ def load_saved_weights(model: PreTrainedModel, folder: str) -> None:
         )
 
 
+def is_conv_net(model: nn.Module) -> bool:
+    """Convolutions beyond a patch embedding: channels_last helps these."""
+    return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 2
+
+
 AUXILIARY_HEAD = "phylum_head"
 
 

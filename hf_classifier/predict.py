@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .images import BadImageError, ImageSource, open_image, relative_or_absolute
+from .distributed import gather_from_processes, is_main_process, process_state
+from .images import BadImageError, ImageSource, decode_image, relative_or_absolute
 from .io_utils import write_csv
 from .predictor import Predictor, load_predictor
 from .sources import (
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 CSV_SUFFIXES = (".csv", ".tsv")
 TTA_MODES = ("none", "flip")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ class _DecodedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return index, self.transform(open_image(self.sources[index])), ""
+            decoded = decode_image(self.sources[index], getattr(self.transform, "draft_size", None))
+            return index, self.transform(decoded), ""
         except BadImageError as error:
             return index, None, error.reason
 
@@ -141,6 +144,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def inference_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """`auto`: bf16 on a GPU that has it, fp32 elsewhere. `bf16` on a CPU with AVX512-BF16/AMX runs
+    about twice as fast as fp32, at the price of probabilities that differ in the third decimal."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    else:
+        use_bf16 = precision == "bf16"
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class _Every(Sequence):
+    """Every `step`-th item from `start`: one process's share of the images."""
+
+    def __init__(self, items: Sequence, start: int, step: int):
+        self.items, self.start, self.step = items, start, step
+
+    def __len__(self) -> int:
+        return max(0, (len(self.items) - self.start + self.step - 1) // self.step)
+
+    def __getitem__(self, index: int):  # type: ignore[override]
+        return self.items[self.start + index * self.step]
+
+
 def classify(
     predictor: Predictor,
     sources: Sequence[ImageSource],
@@ -149,13 +179,40 @@ def classify(
     device: str = "auto",
     num_workers: int = 0,
     tta: str = "none",
+    precision: str = "auto",
     progress: bool = False,
+    distributed: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities over `predictor.labels` for every source (NaN rows for unreadable ones), and the
     reason each unreadable source failed ("" for the others). `tta="flip"` averages the
-    probabilities of the image and its mirror image."""
+    probabilities of the image and its mirror image.
+
+    With `distributed=True` under `accelerate launch`/`torchrun`, process k classifies images k, k+N,
+    ... on its own device, and every process gets back all the rows, in order: none is dropped or
+    counted twice, whatever the remainder of len(sources) / N."""
     if tta not in TTA_MODES:
         raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    state = process_state() if distributed else None
+    if state is not None and state.num_processes > 1:
+        if device == "auto":
+            device = str(state.device)
+        share = _Every(sources, state.process_index, state.num_processes)
+        part, part_errors = classify(
+            predictor,
+            share,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            tta=tta,
+            precision=precision,
+            progress=progress and state.is_main_process,
+        )
+        probabilities = np.full((len(sources), len(predictor.labels)), np.nan, dtype=np.float32)
+        errors = [""] * len(sources)
+        for rank, (rank_probs, rank_errors) in enumerate(gather_from_processes((part, part_errors))):
+            probabilities[rank :: state.num_processes] = rank_probs
+            errors[rank :: state.num_processes] = rank_errors
+        return probabilities, errors
     target = resolve_device(device)
     predictor.to(target)
     loader = DataLoader(
@@ -167,9 +224,7 @@ def classify(
     )
     probabilities = np.full((len(sources), len(predictor.labels)), np.nan, dtype=np.float32)
     errors = [""] * len(sources)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if target.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = inference_autocast(target, precision)
     if progress:
         from tqdm.auto import tqdm
 
@@ -205,8 +260,11 @@ def predict(
     device: str = "auto",
     num_workers: int = 0,
     tta: str = "none",
+    precision: str = "auto",
+    distributed: bool = False,
 ) -> PredictionSummary:
-    """Classify every input image and write the predictions CSV (atomically)."""
+    """Classify every input image and write the predictions CSV (atomically). With `distributed`,
+    the processes share the images and only the main process writes."""
     predictor = load_predictor(model)
     items = collect_inputs(inputs, image_root=image_root, image_column=image_column, id_column=id_column)
     probabilities, errors = classify(
@@ -216,6 +274,8 @@ def predict(
         device=device,
         num_workers=num_workers,
         tta=tta,
+        precision=precision,
+        distributed=distributed,
     )
     labels, label_name, phylum_of = predictor.labels, predictor.label_name, predictor.phylum_of
     top_k = min(top_k, len(labels))
@@ -237,9 +297,10 @@ def predict(
         for index in best[1:]:
             row += [labels[index], f"{probs[index]:.6f}"]
         rows.append(row + [""])
-    write_csv(output, header, rows)
+    if is_main_process():
+        write_csv(output, header, rows)
     failed = sum(1 for error in errors if error)
-    if failed:
+    if failed and is_main_process():
         logger.warning(
             "%d of %d images could not be read; their rows carry the reason in 'error'.", failed, len(items)
         )

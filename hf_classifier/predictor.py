@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageClassification
 
-from .modeling import CONFIG_KEY, load_from_hub, load_image_processor
+from .modeling import CONFIG_KEY, is_conv_net, load_from_hub, load_image_processor
 from .transforms import create_normalizer
 
 EXPERTS_FILE = "experts.json"
@@ -28,6 +28,7 @@ class ModelPredictor:
         extra = getattr(model.config, CONFIG_KEY, {}) or {}
         self.label_name = extra.get("label_name", "label")
         self.phylum_of: dict[str, str] | None = extra.get("phylum_of")
+        self.memory_format = torch.contiguous_format
 
     @classmethod
     def load(cls, path: str | Path) -> ModelPredictor:
@@ -36,6 +37,9 @@ class ModelPredictor:
 
     def to(self, device: torch.device) -> ModelPredictor:
         self.model.to(device)
+        if is_conv_net(self.model):  # oneDNN and cuDNN both prefer channels_last for convolutions
+            self.model.to(memory_format=torch.channels_last)
+            self.memory_format = torch.channels_last
         return self
 
     def num_parameters(self) -> int:
@@ -44,7 +48,8 @@ class ModelPredictor:
     @torch.inference_mode()
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """uint8 (or already normalised) images -> probabilities over `labels`, float32."""
-        logits = self.model(pixel_values=self.normalize(pixel_values)).logits
+        pixels = self.normalize(pixel_values).contiguous(memory_format=self.memory_format)
+        logits = self.model(pixel_values=pixels).logits
         return logits.float().softmax(dim=-1)
 
 

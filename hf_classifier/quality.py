@@ -39,7 +39,16 @@ def drop_bad_images(
 ) -> ImageData:
     """Check every image. Without `skip`, any bad image raises `BadImagesError`; with it, bad images
     are removed. Either way they are listed in `report_dir/bad_images.csv` (split, path, reason)."""
-    bad = find_bad_rows(data, num_workers=num_workers)
+    return handle_bad_rows(
+        data, find_bad_rows(data, num_workers=num_workers), skip=skip, report_dir=report_dir
+    )
+
+
+def handle_bad_rows(
+    data: ImageData, bad: list[tuple[str, int, str, str]], *, skip: bool, report_dir: str | Path | None
+) -> ImageData:
+    """Record `(split, row, path, reason)` rows in bad_images.csv; raise `BadImagesError`, or (with
+    `skip`) remove them from the splits."""
     if not bad:
         return data
     total = sum(len(split) for split in data.splits.values())

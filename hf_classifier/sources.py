@@ -72,7 +72,10 @@ class ImageData:
         return list(first.features[LABEL].names)
 
     def describe(self) -> str:
-        sizes = ", ".join(f"{name}={len(split)}" for name, split in self.splits.items())
+        sizes = ", ".join(
+            f"{name}={len(split) if hasattr(split, '__len__') else 'streamed'}"
+            for name, split in self.splits.items()
+        )
         return f"{len(self.labels)} classes ({self.label_name}); {sizes}"
 
 

@@ -5,13 +5,17 @@
 - a loss with class weights, label smoothing and mixup / cutmix targets;
 - gradient health: per-depth gradient norms in the logs, a non-finite loss stops the run;
 - optional EMA weights (evaluated, checkpointed and saved) and a class-balanced sampler;
-- checkpoint weights restored through `from_pretrained` (see `modeling.load_saved_weights`).
+- checkpoint weights restored through `from_pretrained` (see `modeling.load_saved_weights`);
+- crash-safe outputs: files appear under their final names only when complete, and a checkpoint is
+  marked complete only after every process has written its part (resume uses marked ones only).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import IntervalStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
 from .depth import gradient_norms_by_depth
 from .finetuning import SUPPORTED_SCHEDULES, FinetunePlan
+from .io_utils import atomic_path, staging_folder, write_json
 from .modeling import AUXILIARY_HEAD, FeatureTap, load_saved_weights
 from .regularization import ClassBalancedSampler, Mixer, ModelEMA
 from .transforms import Normalize
@@ -31,6 +36,29 @@ logger = logging.getLogger(__name__)
 
 EMA_FILE = "ema.safetensors"
 PHYLUM_HEAD_FILE = "phylum_head.safetensors"
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"
+
+
+def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
+    return Path(folder, CHECKPOINT_COMPLETE).is_file()
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that was written to the end; the ones a crash cut
+    short are skipped, with a warning."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name.rpartition("-")[2]
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        if checkpoint_is_complete(path):
+            return str(path)
+        logger.warning("Skipping %s: it was not written to the end (the run stopped while saving it).", path)
+    return None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,7 +72,7 @@ class _PlanCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
-        if train_dataloader is not None:
+        if train_dataloader is not None and hasattr(train_dataloader.dataset, "__len__"):  # not a stream
             batches = len(train_dataloader)
             accumulation = args.gradient_accumulation_steps
             self.trainer.plan.steps_per_epoch = max(
@@ -69,6 +97,7 @@ class ImageClassificationTrainer(Trainer):
         phylum_tap: FeatureTap | None = None,
         phylum_index: torch.Tensor | None = None,
         phylum_loss_weight: float = 0.3,
+        channels_last: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -84,6 +113,7 @@ class ImageClassificationTrainer(Trainer):
             nn.functional.one_hot(phylum_index).float() if phylum_index is not None else None
         )
         self.phylum_loss_weight = phylum_loss_weight
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self._frozen_for_epoch: int | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
@@ -97,7 +127,9 @@ class ImageClassificationTrainer(Trainer):
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
-        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
+        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"]).contiguous(
+            memory_format=self.memory_format
+        )
         return inputs
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -228,10 +260,7 @@ class ImageClassificationTrainer(Trainer):
         self._last_checked_step = self.state.global_step
 
     def _last_good_checkpoint(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        folder = self.args.output_dir
-        return get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
+        return last_complete_checkpoint(self.args.output_dir) if self.args.output_dir else None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add what shows vanishing / exploding gradients and the rates
@@ -250,6 +279,15 @@ class ImageClassificationTrainer(Trainer):
         with self.ema.applied_to(self.accelerator.unwrap_model(self.model)):
             return super().evaluate(*args, **kwargs)
 
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        # Trainer's eval loss averages per-batch means; under several processes the last batch is
+        # padded with repeated images, and their loss leaks into the mean. The cross-entropy computed
+        # from the gathered logits (duplicates removed) is exact, and without label smoothing.
+        output = super().evaluation_loop(*args, **kwargs)
+        for key in [k for k in output.metrics if k.endswith("_cross_entropy")]:
+            output.metrics[key.removesuffix("_cross_entropy") + "_loss"] = output.metrics.pop(key)
+        return output
+
     def _extra_states(self) -> dict[str, Any]:
         """State kept in checkpoints beside the model's own file: EMA weights, the auxiliary head."""
         states = {}
@@ -262,15 +300,44 @@ class ImageClassificationTrainer(Trainer):
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         self.check_finite_loss()
         super()._save_checkpoint(model, trial)
-        if self.args.should_save and self._extra_states():
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        if self.args.should_save:
             for filename, holder in self._extra_states().items():
                 state = {k: v.detach().cpu().contiguous() for k, v in holder.state_dict().items()}
-                save_file(state, os.path.join(folder, filename))
+                with atomic_path(os.path.join(folder, filename)) as temporary:
+                    save_file(state, temporary)
+        # Every process has written its part (RNG states, optimizer shards) before the mark.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_json(
+                os.path.join(folder, CHECKPOINT_COMPLETE),
+                {"global_step": self.state.global_step, "epoch": self.state.epoch},
+            )
+
+    # ---- crash-safe outputs ----------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return super()._save(output_dir, state_dict)
+        with staging_folder(output_dir) as staging:
+            super()._save(str(staging), state_dict)
+
+    def save_state(self) -> None:
+        if self.is_world_process_zero():
+            with atomic_path(os.path.join(self.args.output_dir, "trainer_state.json")) as temporary:
+                self.state.save_to_json(str(temporary))
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        if not self.is_world_process_zero():
+            return
+        write_json(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = Path(self.args.output_dir, "all_results.json")
+            everything = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            write_json(path, {**everything, **metrics})
 
     def _load_extra_states(self, folder: str) -> None:
         for filename, holder in self._extra_states().items():

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
 from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
@@ -24,17 +23,19 @@ from .hierarchy import label_to_phylum
 from .hub import is_local_path
 from .metrics import build_compute_metrics
 from .model_card import base_model_license, card_dataset_id, write_model_card, write_training_summary
-from .modeling import attach_phylum_head, build_model, load_image_processor
-from .quality import drop_bad_images
+from .modeling import attach_phylum_head, build_model, is_conv_net, load_image_processor
+from .prepare import prepare_data, stored_size_for
+from .quality import drop_bad_images, handle_bad_rows
 from .regularization import Mixer, ModelEMA, class_weights
 from .sources import LABEL, DataSourceError, ImageData
 from .splits import ensure_validation_split, write_splits
-from .trainer import ImageClassificationTrainer
+from .trainer import ImageClassificationTrainer, checkpoint_is_complete, last_complete_checkpoint
 from .transforms import ExampleTransform, collate_examples, create_normalizer, create_transform
 
 logger = logging.getLogger(__name__)
 
 SPLITS_DIR = "splits"
+STREAMED_BAD_IMAGES = "bad_images_streamed.tsv"
 
 
 class EpochSummaryCallback(TrainerCallback):
@@ -72,18 +73,39 @@ class TrainingOutcome:
 
 
 def load_training_data(
-    data_args: DataArguments, model_args: ModelArguments, training_args: ClassifierTrainingArguments
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: ClassifierTrainingArguments,
+    processor: Any = None,
 ) -> ImageData:
-    """Load the source, check every image, make the validation split, and record the splits."""
+    """Load the source, check every image (or prepare them: that checks them too), make the validation
+    split, and record the splits."""
     output_dir = Path(training_args.output_dir)
+    if data_args.streaming:
+        # Nothing to check or split up front: the stream is read as training goes.
+        from .streaming import load_streaming_data
+
+        data = load_streaming_data(
+            data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, token=model_args.token
+        )
+        logger.info("Streaming %s", data.describe())
+        return data
     data = data_args.load_data(cache_dir=model_args.cache_dir, token=model_args.token)
     logger.info("Loaded %s", data.describe())
-    if data_args.check_images:
-        data = drop_bad_images(
-            data,
-            skip=data_args.skip_bad_images,
-            report_dir=output_dir if training_args.should_save else None,
+    report_dir = output_dir if training_args.should_save else None
+    if data_args.prepare:
+        processor = processor or load_image_processor(
+            model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
         )
+        data, bad = prepare_data(
+            data,
+            stored_size_for(processor),
+            cache_dir=data_args.prepared_cache_dir,
+            num_proc=data_args.prepare_num_proc,
+        )
+        data = handle_bad_rows(data, bad, skip=data_args.skip_bad_images, report_dir=report_dir)
+    elif data_args.check_images:
+        data = drop_bad_images(data, skip=data_args.skip_bad_images, report_dir=report_dir)
     data = ensure_validation_split(data, data_args.validation_split_ratio, training_args.seed)
     if data_args.max_train_samples is not None:
         data.splits["train"] = _first(data.splits["train"], data_args.max_train_samples, training_args.seed)
@@ -131,9 +153,14 @@ def train(
 
         check_can_push(training_args.hub_model_id or output_dir.name)  # fail now, not after training
 
+    processor = load_image_processor(
+        model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
+    )
+    if data_args.streaming:
+        check_streaming_arguments(training_args)
     if data is None:
         with training_args.main_process_first(desc="loading and checking the data"):
-            data = load_training_data(data_args, model_args, training_args)
+            data = load_training_data(data_args, model_args, training_args, processor)
     phylum_of = label_to_phylum(data)
     if training_args.hierarchy == "multitask" and not phylum_of:
         raise DataSourceError(
@@ -141,9 +168,6 @@ def train(
             "phylum_family (e.g. chordata_ardeidae)."
         )
 
-    processor = load_image_processor(
-        model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
-    )
     model = build_model(
         model_args.model_name_or_path,
         data.labels,
@@ -161,15 +185,34 @@ def train(
         phyla = sorted(set(phylum_of.values()))
         phylum_tap = attach_phylum_head(model, len(phyla))
         phylum_index = torch.tensor([phyla.index(phylum_of[label]) for label in data.labels])
+    channels_last = training_args.channels_last
+    if channels_last is None:
+        channels_last = not training_args.use_cpu and torch.cuda.is_available() and is_conv_net(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     plan = finetune_plan(model, training_args)
     logger.info("Fine-tuning plan: %s", describe_plan(plan))
-    train_labels = list(data.splits["train"][LABEL])
+    train_labels = None if data_args.streaming else list(data.splits["train"][LABEL])
 
     # Decoding and resizing happen on the fly, per batch, in the DataLoader workers.
     eval_transform = ExampleTransform(create_transform(processor))
-    train_dataset = data.splits["train"].with_transform(
-        ExampleTransform(create_transform(processor, training=True, augmentation=data_args.augmentation))
-    )
+    train_transform = create_transform(processor, training=True, augmentation=data_args.augmentation)
+    if data_args.streaming:
+        from .streaming import StreamTransform, check_shard_spread
+
+        check_shard_spread(data.splits["train"], training_args)
+        train_dataset = data.splits["train"].map(
+            StreamTransform(
+                train_transform,
+                skip_bad=data_args.skip_bad_images,
+                record=str(output_dir / STREAMED_BAD_IMAGES),
+            ),
+            batched=True,
+            batch_size=training_args.per_device_train_batch_size,
+            remove_columns=data.splits["train"].column_names,
+        )
+    else:
+        train_dataset = data.splits["train"].with_transform(ExampleTransform(train_transform))
     eval_dataset = data.splits["validation"].with_transform(eval_transform)
 
     trainer = ImageClassificationTrainer(
@@ -183,7 +226,10 @@ def train(
         normalizer=create_normalizer(processor),
         plan=plan,
         class_weights=class_weights(
-            train_labels, len(data.labels), training_args.class_weighting, training_args.effective_number_beta
+            train_labels or [],
+            len(data.labels),
+            training_args.class_weighting,
+            training_args.effective_number_beta,
         ),
         mixer=Mixer(
             len(data.labels),
@@ -196,6 +242,7 @@ def train(
         phylum_tap=phylum_tap,
         phylum_index=phylum_index,
         phylum_loss_weight=training_args.phylum_loss_weight,
+        channels_last=channels_last,
         callbacks=list(callbacks or [])
         + (
             [EarlyStoppingCallback(training_args.early_stopping_patience)]
@@ -208,11 +255,7 @@ def train(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(EpochSummaryCallback())
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and output_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(output_dir))
-        if checkpoint:
-            logger.info("Resuming from %s (the last checkpoint in %s).", checkpoint, output_dir)
+    checkpoint = checkpoint_to_resume(training_args.resume_from_checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.check_finite_loss()  # the last steps, if nothing was logged or saved after them
     trainer.use_ema_weights()
@@ -233,6 +276,10 @@ def train(
         metrics.update(test_metrics)
 
     if trainer.is_world_process_zero():
+        if data_args.streaming:
+            from .streaming import tidy_bad_image_record
+
+            data.skipped_images = tidy_bad_image_record(output_dir / STREAMED_BAD_IMAGES)
         describe_run(output_dir, data, data_args, model_args, training_args, time.time() - started)
         if push_requested:
             from .publish import push_model_folder
@@ -245,6 +292,65 @@ def train(
                 revision=training_args.hub_revision,
             )
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)
+
+
+def check_streaming_arguments(args: ClassifierTrainingArguments) -> None:
+    """A stream has no length: training is counted in steps, and what needs the label counts or the
+    epochs up front is refused with the alternative. Epoch-based evaluation and saving become
+    step-based (every tenth of the run unless --eval_steps / --save_steps say otherwise)."""
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+    if args.max_steps is None or args.max_steps <= 0:
+        raise DataSourceError("--streaming needs --max_steps: a stream has no length to count epochs in.")
+    if args.finetune_strategy in ("freeze_then_unfreeze", "gradual_unfreeze"):
+        raise DataSourceError(
+            f"--finetune_strategy {args.finetune_strategy} counts epochs, which a stream does not have; "
+            "use full or linear_probe (with --layer_decay / --head_learning_rate) with --streaming."
+        )
+    if args.class_weighting != "none" or args.balanced_sampler:
+        raise DataSourceError(
+            "--class_weighting and --balanced_sampler need the class counts up front, which a stream does "
+            "not give; leave them off with --streaming."
+        )
+    every = max(1, args.max_steps // 10)
+    if args.eval_strategy == IntervalStrategy.EPOCH:
+        args.eval_strategy = IntervalStrategy.STEPS
+        args.eval_steps = args.eval_steps if args.eval_steps and args.eval_steps >= 1 else every
+    if args.save_strategy == SaveStrategy.EPOCH:
+        args.save_strategy = SaveStrategy.STEPS
+        args.save_steps = args.eval_steps if args.eval_strategy == IntervalStrategy.STEPS else every
+    if args.logging_steps > args.max_steps:
+        args.logging_steps = every
+    # Each process reads its own shards (Accelerate's default would read the stream on the main
+    # process only and send the batches to the others).
+    args.accelerator_config.dispatch_batches = False
+
+
+def checkpoint_to_resume(requested: str | None, output_dir: Path) -> str | None:
+    """`--resume_from_checkpoint PATH`, or `true`/`last` for the output folder's last complete one;
+    without the flag, the last complete checkpoint in the output folder (as the transformers
+    example scripts do), so rerunning the same command after a crash continues the run."""
+    if requested is None or requested.lower() in ("true", "last"):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s (the last complete checkpoint in %s).", checkpoint, output_dir)
+        elif requested is not None:
+            raise DataSourceError(
+                f"--resume_from_checkpoint {requested}: {output_dir} holds no complete checkpoint."
+            )
+        return checkpoint
+    folder = Path(requested)
+    if not folder.is_dir():
+        raise DataSourceError(f"--resume_from_checkpoint {requested}: no such folder.")
+    if not checkpoint_is_complete(folder):
+        if last_complete_checkpoint(folder):  # a run folder: take its last complete checkpoint
+            return last_complete_checkpoint(folder)
+        logger.warning(
+            "%s is not marked complete (a run cut short while saving it, or another tool's checkpoint); "
+            "resuming from it anyway.",
+            folder,
+        )
+    return str(folder)
 
 
 def describe_run(

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import fast_training_flags, make_image_tree
+import pytest
+import torch
+from helpers import fast_training_flags, make_image_tree, tinted_jpeg, write_shards
+from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def accelerate_launch(script: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def accelerate_launch(script: Path | str, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
     # --multi_gpu selects Accelerate's torchrun launcher; on a machine without GPUs the training
     # arguments switch to the CPU and Accelerate forms a gloo group (`--cpu` would start one process).
     command = [
@@ -29,7 +32,7 @@ def accelerate_launch(script: Path, *args: str, processes: int = 2) -> subproces
         "no",
         "--dynamo_backend",
         "no",
-        str(script),
+        *(["-m", script] if isinstance(script, str) else [str(script)]),
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
@@ -65,3 +68,155 @@ def test_freeze_then_unfreeze_under_two_processes(vit_checkpoint, tmp_path):
     assert epochs["2"]["backbone_sum"] != epochs["1"]["backbone_sum"]  # unfrozen gradients flowed and synced
     assert epochs["3"]["backbone_sum"] != epochs["2"]["backbone_sum"]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def make_tinted_tree(root: Path, layout: dict[str, int]) -> Path:
+    """Class folders a, b, c of photos tinted by class: learnable, so the losses move."""
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True)
+        label = "abc".index(folder[-1])
+        for i in range(count):
+            (root / folder / f"img{i}.jpg").write_bytes(
+                tinted_jpeg(label, 100 * folder.startswith("train") + i)
+            )
+    return root
+
+
+def test_two_process_train_evaluate_predict_match_one_process(vit_checkpoint, tmp_path):
+    """The same commands under `accelerate launch` (2 gloo processes, 4 images each per step) give
+    what one process gives with 8 images per step: same batches, gradients averaged across the
+    processes. The 13 validation images do not divide into the processes' batches, and every one is
+    counted exactly once."""
+    data = make_tinted_tree(
+        tmp_path / "data",
+        {"train/a": 8, "train/b": 8, "train/c": 8, "validation/a": 5, "validation/b": 4, "validation/c": 4},
+    )
+
+    def train_flags(output_dir: Path, per_device_batch: int) -> list[str]:
+        return [
+            "--data_dir",
+            str(data),
+            "--model_name_or_path",
+            str(vit_checkpoint),
+            "--augmentation",
+            "none",  # random augmentation draws differ between processes
+            *fast_training_flags(
+                output_dir,
+                num_train_epochs=3,
+                per_device_train_batch_size=per_device_batch,
+                per_device_eval_batch_size=4,
+                learning_rate="5e-3",
+            ),
+        ]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_module("hf_classifier", "train", *train_flags(one, 8))
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = accelerate_launch("hf_classifier", "train", *train_flags(two, 4))
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("Model written to") == 1  # only the main process reports
+
+    a, b = (json.loads((folder / "all_results.json").read_text()) for folder in (one, two))
+    assert a["eval_num_images"] == b["eval_num_images"] == 13
+    assert a["eval_accuracy"] == b["eval_accuracy"] and a["eval_f1_macro"] == b["eval_f1_macro"]
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)  # stated tolerance: 1e-4 relative
+    steps = [json.loads((folder / "trainer_state.json").read_text())["global_step"] for folder in (one, two)]
+    assert steps == [9, 9]
+    weights_one, weights_two = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for key in weights_one:
+        torch.testing.assert_close(weights_one[key], weights_two[key], atol=1e-5, rtol=1e-4, msg=key)
+
+    # evaluate and predict: the processes share the images, the main process writes the same files.
+    evaluated = {}
+    for name, launch in (("one", run_module), ("two", accelerate_launch)):
+        result = launch(
+            "hf_classifier",
+            "evaluate",
+            "--data_dir",
+            str(data / "validation"),
+            "--model",
+            str(one),
+            "--output_dir",
+            str(tmp_path / f"eval-{name}"),
+            "--batch_size",
+            "3",
+            "--num_workers",
+            "0",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluated[name] = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
+        result = launch(
+            "hf_classifier",
+            "predict",
+            "--model",
+            str(one),
+            "--input",
+            str(data / "validation"),
+            "--output",
+            str(tmp_path / f"predictions-{name}.csv"),
+            "--batch_size",
+            "3",
+            "--num_workers",
+            "0",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("Wrote 13 predictions") == 1
+    assert evaluated["one"]["num_images"] == evaluated["two"]["num_images"] == 13
+    for key in ("accuracy", "f1_macro", "per_class"):
+        assert evaluated["one"][key] == evaluated["two"][key], key
+    rows = [(tmp_path / f"predictions-{name}.csv").read_text().splitlines() for name in ("one", "two")]
+    assert len(rows[0]) == 14
+    for row_one, row_two in zip(*rows, strict=True):
+        first, second = row_one.split(","), row_two.split(",")
+        assert first[:2] == second[:2]  # same image, same label, same order
+        if first[2] != "score":
+            assert float(first[2]) == pytest.approx(float(second[2]), abs=1e-5)
+
+
+def test_two_process_streaming_reads_each_shard_once(vit_checkpoint, tmp_path):
+    shards = tmp_path / "shards"
+    write_shards(shards, "train", 32, 8)  # 4 shards: 2 per process
+    write_shards(shards, "validation", 9, 9)
+    (shards / "classes.txt").write_text("apidae\nformicidae\nvespidae\n")
+    out = tmp_path / "run"
+    result = accelerate_launch(
+        "hf_classifier",
+        "train",
+        "--data_dir",
+        str(shards),
+        "--streaming",
+        "true",
+        "--label_column",
+        "family",
+        "--model_name_or_path",
+        str(vit_checkpoint),
+        "--max_steps",
+        "6",
+        *fast_training_flags(out, per_device_train_batch_size=4, learning_rate="5e-3"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "some will sit idle" not in result.stderr
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_num_images"] == 9
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_example_accelerate_configs_load_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    kinds = {path.name: load_config_from_file(str(path)) for path in folder.glob("*.yaml")}
+    assert {name: config.distributed_type for name, config in kinds.items()} == {
+        "ddp.yaml": DistributedType.MULTI_GPU,
+        "multi_node.yaml": DistributedType.MULTI_GPU,
+        "fsdp.yaml": DistributedType.FSDP,
+        "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+    }
+    assert kinds["fsdp.yaml"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # one safetensors file
+    assert kinds["multi_node.yaml"].num_machines == 2

@@ -75,7 +75,18 @@ def test_compute_metrics_from_logits():
     assert metrics["top5_accuracy"] == 0.75
     # predictions [0, 1, 1, 0]; per-class F1 over labels {0, 1, 2, 5}: 2/3, 2/3, 0, 0
     assert metrics["f1_macro"] == pytest.approx((2 / 3 + 2 / 3) / 4)
-    assert set(metrics) == {"accuracy", "f1_macro", "f1_weighted", "top5_accuracy"}
+    assert set(metrics) == {
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "top5_accuracy",
+        "cross_entropy",
+        "num_images",
+    }
+    assert metrics["num_images"] == 4
+    # -log softmax of the true class, averaged: exact, in float64
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert metrics["cross_entropy"] == pytest.approx(-log_probs[np.arange(4), labels].mean(), rel=1e-12)
 
 
 def test_no_top5_with_fewer_than_five_classes():

@@ -118,7 +118,7 @@ def test_bad_images_stop_the_run_before_training(demo_data, vit_checkpoint, tmp_
     assert (out / "bad_images.csv").is_file() and not (out / "model.safetensors").exists()
 
 
-def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys):
+def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys, vit_checkpoint):
     code = main(
         [
             "train",
@@ -126,6 +126,8 @@ def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys):
             str(tmp_path / "missing.csv"),
             "--label_column",
             "family",
+            "--model_name_or_path",
+            str(vit_checkpoint),
             "--output_dir",
             str(tmp_path / "out"),
         ]

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Data path throughput: the naive path against ours, side by side, in one run.
+
+    python benchmarks/data_pipeline.py --data_dir ../shared/data/hymenoptera --image_size 224 --epochs 2 \\
+        --json benchmarks/results/data_hymenoptera.json
+
+- naive: PIL open -> RGB -> resize to image_size x image_size -> uint8 array (what the transformers
+  example script does per image, every epoch);
+- epoch 1 (ours, first pass): `prepare`: JPEG draft decoding, shorter side to the stored size,
+  stored in the Arrow cache (a fresh cache: nothing reused);
+- epoch 2.. (ours, later epochs): training inputs from the prepared copies: decode the stored copy,
+  random resized crop to image_size, flip -> uint8 tensor.
+
+Both sides use the same number of processes (`--processes`, default 1: images/s per core). Writes
+JSON with `naive_img_s`, `epoch1_img_s`, `epoch2_img_s` (and each later epoch), the ratios to naive,
+and the images' size statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset as ArrowDataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.prepare import prepare_split, prepared_size  # noqa: E402
+from hf_classifier.sources import IMAGE, image_files_below  # noqa: E402
+from hf_classifier.transforms import ExampleTransform, ImageTransform, PreprocessSpec, get_preset  # noqa: E402
+
+
+class NaiveImages(Dataset):
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        try:
+            image = (
+                Image.open(self.paths[index])
+                .convert("RGB")
+                .resize((self.size, self.size), Image.Resampling.BILINEAR)
+            )
+        except OSError:
+            return np.zeros((self.size, self.size, 3), np.uint8)  # unreadable: skipped, as ours does
+        return np.asarray(image)
+
+
+def run_loader(dataset: Dataset, processes: int, collate=None) -> float:
+    """Seconds to go through `dataset` once with `processes` worker processes (1 = the main process)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=32,
+        num_workers=processes if processes > 1 else 0,
+        collate_fn=collate or (lambda batch: batch),
+    )
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", required=True, help="class folders (or train/ val/ folders) of photos")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs of ours (the first is the prepare pass)"
+    )
+    parser.add_argument("--processes", type=int, default=1, help="processes for both sides")
+    parser.add_argument("--augmentation", default="light")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    # Every image below the folder, whatever its layout (class folders or not).
+    paths = [str(path) for path in image_files_below(Path(args.data_dir))[0]]
+    if not paths:
+        raise SystemExit(f"No images below {args.data_dir}")
+    split = ArrowDataset.from_dict({IMAGE: paths})
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except OSError:
+            pass  # counted as unreadable by both sides below
+    megapixels = [w * h / 1e6 for w, h in sizes]
+
+    results: dict = {
+        "images": len(paths),
+        "megapixels": {"median": statistics.median(megapixels), "max": max(megapixels)},
+        "image_size": args.image_size,
+        "stored_size": prepared_size(args.image_size),
+        "processes": args.processes,
+        "machine": f"{platform.machine()}, {available_cpus()} CPUs available, torch {torch.__version__}",
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+    }
+    # Warm the page cache so that both sides read from memory, not disk.
+    for path in paths:
+        Path(path).read_bytes()
+
+    naive_seconds = run_loader(NaiveImages(paths, args.image_size), args.processes)
+    results["naive_img_s"] = len(paths) / naive_seconds
+
+    spec = PreprocessSpec(
+        resample=int(Image.Resampling.BILINEAR),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        resize_to=(args.image_size, args.image_size),
+    )
+    transform = ExampleTransform(ImageTransform(spec, get_preset(args.augmentation)))
+    with tempfile.TemporaryDirectory(prefix="hf_classifier_bench_") as cache:
+        started = time.perf_counter()
+        prepared, bad = prepare_split(
+            split, prepared_size(args.image_size), Path(cache), num_proc=args.processes
+        )
+        results["epoch1_img_s"] = len(paths) / (time.perf_counter() - started)
+        results["unreadable"] = len(bad)
+        if bad:
+            unreadable = {row for row, _, _ in bad}
+            prepared = prepared.select([row for row in range(len(prepared)) if row not in unreadable])
+        prepared = prepared.with_transform(transform)
+        for epoch in range(2, args.epochs + 1):
+            seconds = run_loader(
+                prepared,
+                args.processes,
+                collate=lambda batch: torch.stack([item["pixel_values"] for item in batch]),
+            )
+            results[f"epoch{epoch}_img_s"] = len(prepared) / seconds
+
+    for key in [k for k in results if k.startswith("epoch")]:
+        results[key.replace("_img_s", "_vs_naive")] = results[key] / results["naive_img_s"]
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

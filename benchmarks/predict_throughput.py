@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Predict throughput: `hf-classifier predict` (batched, decoding in workers, JPEG drafts) against a
+per-image `pipeline("image-classification")` loop, side by side, in one run.
+
+    python benchmarks/predict_throughput.py --data_dir ../shared/data/hymenoptera --models vit-s16,convnext-t \\
+        --json benchmarks/results/predict_cpu.json
+
+Models are built from configs at 224 px (random weights: speed does not depend on them). Both sides
+load the model once; the times cover classifying every image of the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextImageProcessor,
+    ViTConfig,
+    ViTImageProcessor,
+    pipeline,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.predict import predict  # noqa: E402
+from hf_classifier.sources import image_files_below  # noqa: E402
+
+MODELS = {
+    "vit-ti16": (
+        lambda: ViTConfig(
+            image_size=224,
+            patch_size=16,
+            hidden_size=192,
+            num_hidden_layers=12,
+            num_attention_heads=3,
+            intermediate_size=768,
+        ),
+        ViTImageProcessor,
+    ),
+    "vit-s16": (
+        lambda: ViTConfig(
+            image_size=224,
+            patch_size=16,
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+        ),
+        ViTImageProcessor,
+    ),
+    "vit-b16": (lambda: ViTConfig(image_size=224, patch_size=16), ViTImageProcessor),
+    "convnext-t": (
+        lambda: ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
+        lambda: ConvNextImageProcessor(size={"shortest_edge": 224}),
+    ),
+}
+
+
+def forward_only(folder: Path, batch_size: int, images: int, precision: str) -> float:
+    """Images/s of the model alone on random ready-made batches: what no data path can beat."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageClassification.from_pretrained(folder).eval().to(device)
+    batch = torch.randn(batch_size, 3, 224, 224, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        model(pixel_values=batch)  # warm-up
+        started = time.perf_counter()
+        done = 0
+        while done < images:
+            model(pixel_values=batch)
+            done += batch_size
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--models", default="vit-s16,convnext-t")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=available_cpus())
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument(
+        "--precisions", default="auto", help="predict's --precision values to measure, e.g. fp32,bf16"
+    )
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    paths = [str(p.resolve()) for p in image_files_below(Path(args.data_dir))[0]][: args.limit]
+    results = {
+        "images": len(paths),
+        "machine": f"{platform.machine()}, {available_cpus()} CPUs, "
+        f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "command": " ".join(sys.argv),
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="hf_classifier_predict_bench_") as tmp:
+        listing = Path(tmp) / "inputs.csv"
+        listing.write_text("file_path\n" + "\n".join(paths) + "\n")
+        for name in args.models.split(","):
+            config_factory, processor_factory = MODELS[name]
+            folder = Path(tmp) / name
+            config = config_factory()
+            config.id2label = {i: f"family{i}" for i in range(200)}
+            config.label2id = {v: k for k, v in config.id2label.items()}
+            AutoModelForImageClassification.from_config(config).save_pretrained(folder)
+            processor_factory().save_pretrained(folder)
+
+            classifier = pipeline(
+                "image-classification",
+                model=str(folder),
+                device="cuda" if torch.cuda.is_available() else "cpu",
+            )
+            started = time.perf_counter()
+            for path in paths:
+                classifier(path)
+            per_image = len(paths) / (time.perf_counter() - started)
+
+            row = {"model": name, "pipeline_loop_img_s": per_image}
+            # The ceiling: the model alone on ready batches (no decoding), fp32 then bf16.
+            for precision in ("fp32", "bf16"):
+                row[f"forward_only_{precision}_img_s"] = forward_only(
+                    folder, args.batch_size, len(paths), precision
+                )
+            for precision in args.precisions.split(","):
+                started = time.perf_counter()
+                summary = predict(
+                    str(folder),
+                    [str(listing)],
+                    Path(tmp) / f"{name}-{precision}.csv",
+                    batch_size=args.batch_size,
+                    num_workers=args.workers,
+                    precision=precision,
+                )
+                batched = len(paths) / (time.perf_counter() - started)
+                if summary.errors:
+                    raise SystemExit(
+                        f"{summary.errors} images could not be read: the comparison would be meaningless"
+                    )
+                row[f"predict_{precision}_img_s"] = batched
+                row[f"speedup_{precision}"] = batched / per_image
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Training throughput and MFU: our data path against a synthetic in-memory batch (what the loader
+costs) and against an example-script-style loop, in one run, through the same Trainer.
+
+    python benchmarks/training_throughput.py --data_dir ../shared/data/hymenoptera --models vit-b16,convnext-t \\
+        --steps 8 --batch_size 8 --json benchmarks/results/training_cpu.json
+
+Models are built from configs at 224 px (random weights, nothing downloaded):
+- ours: prepared copies (`--prepare`), our train transform in `--workers` DataLoader workers, uint8
+  batches normalised on the device, bf16 / TF32 / channels_last / fused AdamW by their automatic defaults;
+- synthetic: the same Trainer fed one in-memory uint8 batch, repeated (no decoding at all);
+- example-script: the image processor on fully decoded photos in the main process (0 workers), as
+  transformers' run_image_classification.py does by default.
+
+MFU = (3 x forward FLOPs per image x images/s) / peak FLOP/s: the device's bf16 dense peak on a GPU
+(table below), the measured float32 matmul rate on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextImageProcessor,
+    TrainerCallback,
+    ViTConfig,
+    ViTImageProcessor,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_classifier.arguments import ClassifierTrainingArguments  # noqa: E402
+from hf_classifier.images import available_cpus  # noqa: E402
+
+GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+MODELS = {
+    "vit-b16": (lambda: ViTConfig(image_size=224, patch_size=16), lambda: ViTImageProcessor()),
+    "convnext-t": (
+        lambda: ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
+        lambda: ConvNextImageProcessor(size={"shortest_edge": 224}),
+    ),
+}
+
+
+def peak_flops() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        for key, tflops in GPU_PEAK_BF16_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"{name} bf16 dense peak"
+        return float("nan"), f"{name} (peak unknown)"
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(5):  # the best of several runs: the closest to what the cores can do
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * 4096**3 / best, "best measured float32 4096x4096 matmul rate of this CPU (indicative only)"
+
+
+def forward_flops(model: torch.nn.Module) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(pixel_values=torch.randn(1, 3, 224, 224, device=next(model.parameters()).device))
+    return float(counter.get_total_flops())
+
+
+class StepTimer(TrainerCallback):
+    """Images per second over the steps after `warmup` (compilation, workers starting, caches)."""
+
+    def __init__(self, warmup: int, batch: int):
+        self.warmup, self.batch, self.started, self.steps = warmup, batch, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step == self.warmup:
+            self.started = time.perf_counter()
+        elif state.global_step > self.warmup:
+            self.steps += 1
+
+    def images_per_second(self) -> float:
+        return self.steps * self.batch / (time.perf_counter() - self.started)
+
+
+def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, work: Path) -> float:
+    """Images/s of `mode` for `model_name`, through our Trainer, after two warm-up steps."""
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+    from hf_classifier.modeling import build_model, is_conv_net
+    from hf_classifier.prepare import prepare_data, stored_size_for
+    from hf_classifier.sources import IMAGE, LABEL, from_image_folder
+    from hf_classifier.trainer import ImageClassificationTrainer
+    from hf_classifier.training import finetune_plan
+    from hf_classifier.transforms import (
+        ExampleTransform,
+        Normalize,
+        collate_examples,
+        create_normalizer,
+        create_transform,
+    )
+
+    config_factory, processor_factory = MODELS[model_name]
+    checkpoint = work / model_name
+    if not checkpoint.is_dir():
+        config_factory().save_pretrained(checkpoint)
+        processor_factory().save_pretrained(checkpoint)
+    processor = processor_factory()
+    data = from_image_folder(data_dir)
+    model = build_model(str(checkpoint), data.labels, from_config=True)
+    channels_last = torch.cuda.is_available() and is_conv_net(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    training_args = ClassifierTrainingArguments(
+        output_dir=str(work / f"run-{model_name}-{mode}"),
+        max_steps=args.steps + 2,
+        per_device_train_batch_size=args.batch_size,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        dataloader_drop_last=True,
+        dataloader_num_workers=0 if mode == "example-script" else args.workers,
+    )
+    normalizer, collate = create_normalizer(processor), collate_examples
+    if mode == "synthetic":  # one in-memory uint8 batch, repeated: free data
+        example = {"pixel_values": torch.randint(0, 255, (3, 224, 224), dtype=torch.uint8), "labels": 1}
+
+        class Repeated(Dataset):
+            def __len__(self):
+                return 10**6
+
+            def __getitem__(self, index):
+                return example
+
+        dataset = Repeated()
+    elif mode == "ours":
+        data, _ = prepare_data(data, stored_size_for(processor), cache_dir=work / "cache")
+        dataset = data.splits["train"].with_transform(
+            ExampleTransform(create_transform(processor, training=True, augmentation="light"))
+        )
+    else:  # example-script: the processor on fully decoded PIL images, in the main process
+
+        def transform(batch):
+            images = [Image.open(path).convert("RGB") for path in batch[IMAGE]]
+            return {
+                "pixel_values": list(processor(images=images, return_tensors="pt")["pixel_values"]),
+                "labels": batch[LABEL],
+            }
+
+        dataset = data.splits["train"].with_transform(transform)
+        normalizer = Normalize(None)  # the processor already normalised
+    timer = StepTimer(warmup=2, batch=args.batch_size)
+    trainer = ImageClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collate,
+        normalizer=normalizer,
+        plan=finetune_plan(model, training_args),
+        channels_last=channels_last,
+        callbacks=[timer],
+    )
+    trainer.train()
+    return timer.images_per_second()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--models", default="vit-b16,convnext-t")
+    parser.add_argument("--modes", default="synthetic,ours,example-script")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=available_cpus())
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    peak, peak_source = peak_flops()
+    results = {
+        "machine": f"{platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "workers": args.workers,
+        "command": " ".join(sys.argv),
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="hf_classifier_train_bench_") as tmp:
+        work = Path(tmp)
+        for model_name in args.models.split(","):
+            model = MODELS[model_name][0]()
+            flops = 3 * forward_flops(AutoModelForImageClassification.from_config(model))
+            for mode in args.modes.split(","):
+                images_per_second = run(mode, model_name, args.data_dir, args, work)
+                results["rows"].append(
+                    {
+                        "model": model_name,
+                        "mode": mode,
+                        "images_per_second": images_per_second,
+                        "train_flops_per_image": flops,
+                        "mfu": images_per_second * flops / peak,
+                    }
+                )
+                print(json.dumps(results["rows"][-1]), flush=True)
+    by = {(r["model"], r["mode"]): r["images_per_second"] for r in results["rows"]}
+    for model_name in args.models.split(","):
+        if (model_name, "synthetic") in by and (model_name, "ours") in by:
+            results[f"{model_name}_loader_gap"] = 1 - by[(model_name, "ours")] / by[(model_name, "synthetic")]
+        if (model_name, "example-script") in by and (model_name, "ours") in by:
+            results[f"{model_name}_ours_vs_example_script"] = (
+                by[(model_name, "ours")] / by[(model_name, "example-script")]
+            )
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
