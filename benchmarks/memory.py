@@ -90,10 +90,11 @@ def child_prepared(listing: str, cache: str, _buffer_size: int) -> None:
 
 def child_streaming(shards: str, cache: str, buffer_size: int) -> None:
     from hf_classifier.arguments import DataArguments
-    from hf_classifier.streaming import StreamTransform, load_streaming_data
+    from hf_classifier.streaming import StreamTransform, load_streaming_data, training_stream
 
     args = DataArguments(data_dir=shards, streaming=True, shuffle_buffer_size=buffer_size)
-    stream = load_streaming_data(args, seed=0, cache_dir=cache).splits["train"]
+    source = load_streaming_data(args, seed=0, cache_dir=cache).splits["train"]
+    stream = training_stream(source, seed=0, buffer_size=buffer_size, endless=False)
     mapped = stream.map(
         StreamTransform(_transform()), batched=True, batch_size=32, remove_columns=stream.column_names
     )

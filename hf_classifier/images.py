@@ -101,20 +101,24 @@ def decode_image(source: ImageSource, draft_size: tuple[int, int] | None = None)
     if raw_rgb is not None:
         height, width = raw_rgb.shape[:2]
         return DecodedImage(None, (width, height), (float(width), float(height)), pixels=raw_rgb)
-    if draft_size is None:
+    if draft_size is None or isinstance(source, Image.Image):
+        # A caller's PIL image is decoded already (and drafting would shrink the caller's object).
         image = open_image(source)
         return DecodedImage(image, image.size, (float(image.width), float(image.height)))
     name = describe_source(source)
     try:
-        raw = _open(source)
-        original = raw.size
-        box = None
-        if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
-            # A rotation would move the draft's padded edge; rotated photos are decoded in full.
-            _, box = raw.draft("RGB", draft_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            raw = _open(source)
+            original = raw.size
+            box = None
+            if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
+                # A rotation would move the draft's padded edge; rotated photos are decoded in full.
+                drafted = raw.draft("RGB", draft_size)
+                box = drafted[1] if drafted else None
     except FileNotFoundError as error:
         raise BadImageError(name, "file not found") from error
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
         return decode_image(source)  # let open_image give the precise reason
     try:
         image = open_image(raw)

@@ -26,16 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Value, concatenate_datasets
+from datasets import Dataset, Features, Value, concatenate_datasets
 from PIL import Image
 
 from .images import BadImageError, available_cpus, decode_image, describe_source
 from .io_utils import write_json
-from .sources import IMAGE, ImageData
+from .sources import IMAGE, SOURCE_IMAGE, ImageData
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images only (other columns come from the source)
 SHARD_SIZE = 1000
 MARGIN = 8 / 7  # 224 -> 256: the usual resize-then-crop ratio
 REASON = "_prepare_error"
@@ -139,15 +139,17 @@ def prepare_split(
     description: str = "Preparing images",
 ) -> tuple[Dataset, list[tuple[int, str, str]]]:
     """The prepared copy of `split` (from the cache when complete) and its unreadable rows
-    `(row, path, reason)`. Rows keep their order and every other column."""
+    `(row, path, reason)`. Rows keep their order and every other column.
+
+    The cache holds the images only: labels and the other columns always come from `split` itself, so
+    a run with another label column (or corrected labels) on the same photos reuses the cache safely.
+    Paths given in the `image` column stay available in `SOURCE_IMAGE`."""
     key = hashlib.sha256(f"{split_fingerprint(split)}|{size}|v{FORMAT_VERSION}".encode()).hexdigest()[:24]
     entry = cache_dir / key
     entry.mkdir(parents=True, exist_ok=True)
     shards = math.ceil(len(split) / shard_size) or 1
     num_proc = max(1, min(num_proc or available_cpus(), shard_size))
-    features = split.features.copy()
-    features[IMAGE] = Value("binary")
-    features[REASON] = Value("string")
+    features = Features({IMAGE: Value("binary"), REASON: Value("string")})
     done = sum((entry / f"shard-{i:05d}").is_dir() for i in range(shards))
     if done < shards:
         logger.info(
@@ -162,7 +164,8 @@ def prepare_split(
         final = entry / f"shard-{index:05d}"
         if final.is_dir():
             continue
-        part = split.select(range(index * shard_size, min(len(split), (index + 1) * shard_size)))
+        rows = range(index * shard_size, min(len(split), (index + 1) * shard_size))
+        part = split.select_columns([IMAGE]).select(rows)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=entry))
         try:
             # map writes its Arrow files straight into the staging folder, which then appears whole.
@@ -186,13 +189,19 @@ def prepare_split(
             raise
     write_json(entry / "info.json", {"size": size, "rows": len(split), "version": FORMAT_VERSION})
     files = [str(path) for i in range(shards) for path in sorted((entry / f"shard-{i:05d}").glob("*.arrow"))]
-    result = concatenate_datasets([Dataset.from_file(path) for path in files])
+    stored = concatenate_datasets([Dataset.from_file(path) for path in files])
     bad = []
-    for row, reason in enumerate(result[REASON]):
+    for row, reason in enumerate(stored[REASON]):
         if reason:
             path, _, why = reason.partition("\t")
             bad.append((row, path, why))
-    return result.remove_columns(REASON), bad
+    if split.features[IMAGE] == Value("string"):
+        others = split.rename_column(IMAGE, SOURCE_IMAGE)
+    else:
+        others = split.remove_columns(IMAGE)
+    if not others.column_names:
+        return stored.select_columns([IMAGE]), bad
+    return concatenate_datasets([others, stored.select_columns([IMAGE])], axis=1), bad
 
 
 def prepare_data(

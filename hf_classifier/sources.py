@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 IMAGE = "image"
 LABEL = "label"
 FILE_PATH = "file_path"
+SOURCE_IMAGE = "source_image"  # with --prepare: the path the prepared image came from
 ID_COLUMN_CANDIDATES = ("rare_species_id", "id", "image_id")
 IMAGE_COLUMN_CANDIDATES = ("file_path", "file_name", "filepath", "filename", "image", "path", "image_path")
 METADATA_FILE = "metadata.csv"

@@ -14,7 +14,7 @@ from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from .duplicates import DEFAULT_NEAR_THRESHOLD
 from .io_utils import write_csv, write_json
-from .sources import LABEL, SOURCE_FILE, SOURCE_INDEX, SOURCE_SPLIT, ImageData
+from .sources import IMAGE, LABEL, SOURCE_FILE, SOURCE_IMAGE, SOURCE_INDEX, SOURCE_SPLIT, ImageData
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,13 @@ def write_splits(data: ImageData, directory: str | Path) -> Path:
             columns = data.source_columns
         else:  # Hub / save_to_disk data: rows are referred to by position in their source split
             columns = [SOURCE_SPLIT, SOURCE_INDEX, LABEL]
-        values = [_column_as_text(split, column) for column in columns]
+        # With --prepare, `image` holds the prepared pixels; the path it came from is kept aside.
+        values = [
+            _column_as_text(
+                split, SOURCE_IMAGE if column == IMAGE and SOURCE_IMAGE in split.column_names else column
+            )
+            for column in columns
+        ]
         header = ["index" if c == SOURCE_INDEX else c for c in columns]
         write_csv(directory / f"{split_name}.csv", header, zip(*values, strict=True))
     write_json(directory / SOURCE_FILE, {**data.source, "label_name": data.label_name, "labels": data.labels})

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub import HubUnavailableError, is_local_path, unavailable_message, use_local_files_only
-from .images import BadImageError, decode_image
+from .images import BadImageError, check_image, decode_image
 from .io_utils import write_text
 from .sources import FILE_PATH, IMAGE, LABEL, SPLIT_NAMES, DataSourceError, ImageData
 
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".tar"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "image", "img")
+WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 LABEL_KEYS = ("cls", "label", "txt")
 CLASS_FILES = ("classes.txt", "class_names.txt")
 
@@ -76,8 +77,13 @@ def _names_from_file(path: Path) -> list[str]:
     return names
 
 
+NO_LABEL = -1  # datasets' ClassLabel value for an unlabelled example
+
+
 class _StandardSample:
-    """Stream sample -> {image, label, file_path}: the image left encoded, the label as a class index."""
+    """Stream sample -> {image, label, file_path}: the image left encoded, the label as a class index
+    (-1 when the sample has none). Shards that mix formats (.jpg and .png samples) are fine: the
+    image is taken from whichever image key the sample has."""
 
     def __init__(self, image_key: str, label_key: str, json_field: str | None, labels: list[str]):
         self.image_key, self.label_key, self.json_field = image_key, label_key, json_field
@@ -91,9 +97,14 @@ class _StandardSample:
         where = sample.get("__key__") or ""
         if sample.get("__url__"):
             where = f"{sample['__url__']}:{where}"
-        return {IMAGE: sample[self.image_key], LABEL: self._label_index(value, where), FILE_PATH: where}
+        image = sample.get(self.image_key)
+        if image is None:
+            image = next((sample[key] for key in IMAGE_KEYS if sample.get(key) is not None), None)
+        return {IMAGE: image, LABEL: self._label_index(value, where), FILE_PATH: where}
 
     def _label_index(self, value: Any, where: str) -> int:
+        if value is None or value == "" or value == NO_LABEL:
+            return NO_LABEL
         if isinstance(value, bytes):
             value = value.decode("utf-8")
         if isinstance(value, str):
@@ -136,7 +147,7 @@ def _choose_columns(features: Any, columns: list[str], image_column: str | None,
 
 
 def _open_stream(data_args: Any, cache_dir: str | None, token: str | None) -> tuple[dict, Path | None, dict]:
-    from datasets import load_dataset
+    from datasets import Image, load_dataset
 
     if data_args.data_dir:
         folder = Path(data_args.data_dir)
@@ -147,6 +158,16 @@ def _open_stream(data_args: Any, cache_dir: str | None, token: str | None) -> tu
                 "image folders load directly."
             )
         streams = load_dataset("webdataset", data_files=shards, streaming=True, cache_dir=cache_dir)
+        # datasets infers the columns from the first few samples: a later .png among .jpg samples
+        # would lose its image. Declare every usual image key, so each sample keeps whichever it has.
+        features = streams["train"].features if "train" in streams else None
+        if features is not None:
+            features = features.copy()
+            for key in WEBDATASET_IMAGE_KEYS:
+                features.setdefault(key, Image())
+            streams = load_dataset(
+                "webdataset", data_files=shards, streaming=True, cache_dir=cache_dir, features=features
+            )
         source = {
             "kind": "webdataset",
             "data_dir": str(folder),
@@ -198,7 +219,14 @@ def load_streaming_data(
     )
     labels = read_class_names(data_args.class_names, folder)
     label_feature = (train.features or {}).get(label_key) if json_field is None else None
-    if labels is None and isinstance(label_feature, ClassLabel):
+    if isinstance(label_feature, ClassLabel):
+        if labels is not None and labels != list(label_feature.names):
+            # Integer labels would be read against the wrong names: refuse rather than permute them.
+            raise DataSourceError(
+                f"The class list given differs from the data set's own ClassLabel names for {label_key!r} "
+                f"({', '.join(label_feature.names[:5])}, ...). Leave out --class_names, or give the same list "
+                "in the same order."
+            )
         labels = list(label_feature.names)
     if not labels:
         raise DataSourceError(
@@ -212,13 +240,12 @@ def load_streaming_data(
     shard_files = source.pop("shard_files", None)
 
     def standardise(stream: Any) -> Any:
-        if isinstance((stream.features or {}).get(image_key), Image):
-            stream = stream.cast_column(image_key, Image(decode=False))
+        for column, feature in (stream.features or {}).items():
+            if isinstance(feature, Image):  # decoded by us (robustly, with drafts), not by datasets
+                stream = stream.cast_column(column, Image(decode=False))
         return stream.map(standard, remove_columns=list(stream.column_names or []), features=features)
 
-    splits: dict[str, Any] = {
-        "train": standardise(train).shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
-    }
+    splits: dict[str, Any] = {"train": standardise(train)}
     for name in ("validation", "test"):
         if name in streams:
             what = (shard_files or {}).get(name) or [
@@ -228,12 +255,22 @@ def load_streaming_data(
             try:
                 splits[name] = Dataset.from_generator(
                     _samples,
-                    gen_kwargs={"stream": standardise(streams[name]), "limit": data_args.max_eval_samples},
+                    gen_kwargs={
+                        "stream": standardise(streams[name]),
+                        "limit": data_args.max_eval_samples,
+                        "skip_bad": data_args.skip_bad_images,
+                    },
                     features=features,
                     cache_dir=cache_dir,
                     # Written once, reused by later runs and by the other processes, until the shards change.
                     fingerprint=_fingerprint(
-                        what, name, labels, (image_key, label_key, json_field), data_args.max_eval_samples
+                        what,
+                        name,
+                        labels,
+                        (image_key, label_key, json_field),
+                        data_args.max_eval_samples,
+                        data_args.skip_bad_images,
+                        _hub_revision(source),
                     ),
                 )
             except DatasetGenerationError as error:  # datasets wraps what went wrong in a sample
@@ -247,21 +284,69 @@ def load_streaming_data(
     )
 
 
+def training_stream(stream: Any, *, seed: int, buffer_size: int, endless: bool = True) -> Any:
+    """The stream training reads: shard order shuffled, then samples through a shuffle buffer.
+
+    `endless` repeats the shards before shuffling: every process and worker keeps reading (training is
+    counted in steps), none runs dry before the others (which would leave processes with different
+    numbers of micro-batches per optimizer step), and the buffer mixes across passes, so each pass is
+    in a new order."""
+    if endless:
+        stream = stream.repeat(None)
+    return stream.shuffle(seed=seed, buffer_size=buffer_size)
+
+
 def _fingerprint(sources: list, *parts: Any) -> str:
+    """Shard files (or a local data set folder's files) by size and modification time, plus `parts`."""
     digest = hashlib.sha256(repr(parts).encode())
     for item in sources:
         digest.update(repr(item).encode())
-        if item and os.path.isfile(item):
-            stat = os.stat(item)
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        if not item:
+            continue
+        files = sorted(Path(item).rglob("*")) if os.path.isdir(item) else [Path(item)]
+        for path in files:
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 
 
-def _samples(stream: Any, limit: int | None) -> Iterator[dict[str, Any]]:
-    for count, sample in enumerate(stream):
-        if limit is not None and count >= limit:
-            return
+def _hub_revision(source: dict) -> str | None:
+    """The Hub data set's current commit, so that a new revision makes a new validation copy."""
+    name = source.get("dataset_name")
+    if not name or is_local_path(name):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(name).sha
+    except Exception:  # noqa: BLE001 - the stream itself reports what is wrong with the Hub
+        return None
+
+
+def _samples(stream: Any, limit: int | None, skip_bad: bool) -> Iterator[dict[str, Any]]:
+    """The validation/test samples to store: each image checked once (decoded in full); unlabelled
+    samples are left out (a Hub test split often has label -1), unreadable ones stop the run or, with
+    `skip_bad`, are left out with a warning."""
+    kept = unlabelled = 0
+    for sample in stream:
+        if limit is not None and kept >= limit:
+            break
+        if sample[LABEL] == NO_LABEL:
+            unlabelled += 1
+            continue
+        reason = "the sample has no image" if sample[IMAGE] is None else check_image(sample[IMAGE])
+        if reason:
+            if not skip_bad:
+                raise DataSourceError(
+                    f"{sample[FILE_PATH]}: {reason}. Remove it from the shard, or pass --skip_bad_images."
+                )
+            logger.warning("Skipping unreadable image %s: %s", sample[FILE_PATH], reason)
+            continue
+        kept += 1
         yield sample
+    if unlabelled:
+        logger.warning("%d sample(s) without a label were left out of the stored split.", unlabelled)
 
 
 def is_streamed(split: Any) -> bool:
@@ -284,6 +369,10 @@ class StreamTransform:
         pixels, labels = [], []
         for source, label, where in zip(batch[IMAGE], batch[LABEL], batch[FILE_PATH], strict=True):
             try:
+                if source is None:
+                    raise BadImageError(where, "the sample has no image")
+                if label == NO_LABEL:
+                    raise BadImageError(where, "the sample has no label")
                 pixels.append(self.image_transform(decode_image(source, draft)))
             except BadImageError as error:
                 if not self.skip_bad:
@@ -316,6 +405,15 @@ def check_shard_spread(stream: Any, args: Any) -> None:
             max(1, args.dataloader_num_workers),
             ", and every process reads every shard" if stream.n_shards < max(1, args.world_size) else "",
             readers,
+        )
+    processes = max(1, args.world_size)
+    if stream.n_shards >= processes and stream.n_shards % processes:
+        logger.warning(
+            "%d shards do not divide among %d processes: the processes with fewer shards go round them "
+            "more often, so their images are seen more often. Write a multiple of %d shards.",
+            stream.n_shards,
+            processes,
+            processes,
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,31 @@ CHECKPOINT_COMPLETE = "checkpoint_complete.json"
 
 def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
     return Path(folder, CHECKPOINT_COMPLETE).is_file()
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir` that were written to the end, oldest first."""
+    folder = Path(output_dir)
+    steps = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else ():
+        suffix = path.name.rpartition("-")[2]
+        if path.is_dir() and suffix.isdigit() and checkpoint_is_complete(path):
+            steps.append((int(suffix), path))
+    return [path for _, path in sorted(steps)]
+
+
+def rotate_complete_checkpoints(output_dir: str | os.PathLike, limit: int | None, best: str | None) -> None:
+    """Keep the newest `limit` complete checkpoints (and the best one); delete older complete ones."""
+    if not limit:
+        return
+    complete = complete_checkpoints(output_dir)
+    keep = set(complete[-limit:])
+    if best:
+        keep.add(Path(best))
+    for path in complete:
+        if path not in keep:
+            logger.info("Deleting older checkpoint %s (--save_total_limit %d).", path, limit)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -243,7 +269,8 @@ class ImageClassificationTrainer(Trainer):
         """Raise `NonFiniteLossError` if any training loss since the last check was NaN or infinite."""
         flag = self._nonfinite
         if self.args.world_size > 1:
-            flag = self.accelerator.reduce(flag.float(), reduction="sum") > 0
+            # On the device even when no step ran since (NCCL reduces GPU tensors only).
+            flag = self.accelerator.reduce(flag.float().to(self.accelerator.device), reduction="sum") > 0
         if bool(flag):
             last = self._last_good_checkpoint()
             raise NonFiniteLossError(
@@ -299,10 +326,17 @@ class ImageClassificationTrainer(Trainer):
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         self.check_finite_loss()
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(
-            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        )
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:  # a folder being rewritten is not complete until marked again
+            Path(folder, CHECKPOINT_COMPLETE).unlink(missing_ok=True)
+        # Old checkpoints are deleted only once the new one is marked complete (below), so a crash
+        # while saving always leaves a complete one behind.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         if self.args.should_save:
             for filename, holder in self._extra_states().items():
                 state = {k: v.detach().cpu().contiguous() for k, v in holder.state_dict().items()}
@@ -315,6 +349,7 @@ class ImageClassificationTrainer(Trainer):
                 os.path.join(folder, CHECKPOINT_COMPLETE),
                 {"global_step": self.state.global_step, "epoch": self.state.epoch},
             )
+            rotate_complete_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
 
     # ---- crash-safe outputs ----------------------------------------------------------------------
 
@@ -349,14 +384,18 @@ class ImageClassificationTrainer(Trainer):
     # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if model is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._load_extra_states(resume_from_checkpoint)
+            return
         logger.info("Loading the weights of %s", resume_from_checkpoint)
         load_saved_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
         self._load_extra_states(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_best_model()
+            super()._load_best_model()
+            self._load_extra_states(self.state.best_model_checkpoint)
+            return
         logger.info(
             "Loading the best model, %s (%s %.4f)",
             self.state.best_model_checkpoint,

@@ -6,6 +6,7 @@ Works unchanged under `accelerate launch` (Trainer runs on Accelerate); only the
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ def train(
     )
     if data_args.streaming:
         check_streaming_arguments(training_args)
+    checkpoint = checkpoint_to_resume(training_args.resume_from_checkpoint, output_dir)
     if data is None:
         with training_args.main_process_first(desc="loading and checking the data"):
             data = load_training_data(data_args, model_args, training_args, processor)
@@ -198,10 +200,19 @@ def train(
     eval_transform = ExampleTransform(create_transform(processor))
     train_transform = create_transform(processor, training=True, augmentation=data_args.augmentation)
     if data_args.streaming:
-        from .streaming import StreamTransform, check_shard_spread
+        from .streaming import StreamTransform, check_shard_spread, training_stream
 
         check_shard_spread(data.splits["train"], training_args)
-        train_dataset = data.splits["train"].map(
+        # A resumed stream is not replayed up to the checkpoint (that would decode every image seen
+        # so far again): it starts at once, in a new order drawn from the seed and the step.
+        resumed_step = checkpoint_step(checkpoint) if checkpoint else 0
+        training_args.ignore_data_skip = True
+        stream = training_stream(
+            data.splits["train"],
+            seed=training_args.seed + resumed_step,
+            buffer_size=data_args.shuffle_buffer_size,
+        )
+        train_dataset = stream.map(
             StreamTransform(
                 train_transform,
                 skip_bad=data_args.skip_bad_images,
@@ -209,7 +220,7 @@ def train(
             ),
             batched=True,
             batch_size=training_args.per_device_train_batch_size,
-            remove_columns=data.splits["train"].column_names,
+            remove_columns=stream.column_names,
         )
     else:
         train_dataset = data.splits["train"].with_transform(ExampleTransform(train_transform))
@@ -255,7 +266,6 @@ def train(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(EpochSummaryCallback())
 
-    checkpoint = checkpoint_to_resume(training_args.resume_from_checkpoint, output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.check_finite_loss()  # the last steps, if nothing was logged or saved after them
     trainer.use_ema_weights()
@@ -326,14 +336,36 @@ def check_streaming_arguments(args: ClassifierTrainingArguments) -> None:
     args.accelerator_config.dispatch_batches = False
 
 
+def checkpoint_step(checkpoint: str) -> int:
+    """The optimizer step a checkpoint was saved at."""
+    state = Path(checkpoint, "trainer_state.json")
+    if state.is_file():
+        return int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0))
+    suffix = Path(checkpoint).name.rpartition("-")[2]
+    return int(suffix) if suffix.isdigit() else 0
+
+
 def checkpoint_to_resume(requested: str | None, output_dir: Path) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `true`/`last` for the output folder's last complete one;
-    without the flag, the last complete checkpoint in the output folder (as the transformers
-    example scripts do), so rerunning the same command after a crash continues the run."""
+    """`--resume_from_checkpoint PATH`, or `true`/`last` for the output folder's last complete one,
+    or `false`/`never` to start afresh; without the flag, the last complete checkpoint in the output
+    folder (as the transformers example scripts do), so rerunning the same command after a crash
+    continues the run."""
+    if requested is not None and requested.lower() in ("false", "no", "never", "none"):
+        if last_complete_checkpoint(output_dir):
+            logger.warning(
+                "Starting afresh: the checkpoints in %s are not used and will be replaced.", output_dir
+            )
+        return None
     if requested is None or requested.lower() in ("true", "last"):
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint:
-            logger.info("Resuming from %s (the last complete checkpoint in %s).", checkpoint, output_dir)
+            # Saved optimizer and schedule states win over changed flags: say so loudly.
+            logger.warning(
+                "Resuming from %s, the last complete checkpoint in %s (pass --resume_from_checkpoint false "
+                "to start afresh instead).",
+                checkpoint,
+                output_dir,
+            )
         elif requested is not None:
             raise DataSourceError(
                 f"--resume_from_checkpoint {requested}: {output_dir} holds no complete checkpoint."

@@ -127,7 +127,7 @@ def make_textured_tree(root: Path, layout: dict[str, int], seed: int = 0) -> dic
 SHARD_CLASSES = ["apidae", "formicidae", "vespidae"]
 
 
-def tinted_jpeg(label: int, seed: int) -> bytes:
+def tinted_jpeg(label: int, seed: int, image_format: str = "JPEG") -> bytes:
     """A textured photo tinted by its class (red, green, blue): learnable in a few steps."""
     import io
 
@@ -137,12 +137,21 @@ def tinted_jpeg(label: int, seed: int) -> bytes:
     pixels = np.asarray(textured_photo(seed, (48, 40)), dtype=np.float32) * 0.6
     pixels[..., label] += 100
     buffer = io.BytesIO()
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, image_format)
     return buffer.getvalue()
 
 
-def write_shards(folder: Path, split: str, samples: int, per_shard: int, bad: tuple[int, ...] = ()) -> None:
-    """`split-00000.tar`, ...: each sample has .jpg, .cls (index) and .json ({"family": name})."""
+def write_shards(
+    folder: Path,
+    split: str,
+    samples: int,
+    per_shard: int,
+    bad: tuple[int, ...] = (),
+    png: tuple[int, ...] = (),
+    unlabelled: tuple[int, ...] = (),
+) -> None:
+    """`split-00000.tar`, ...: each sample has .jpg (.png for the `png` ones), .cls (index) and .json
+    ({"family": name}); `bad` samples hold bytes that are no image, `unlabelled` ones have no label."""
     import io
     import json
     import tarfile
@@ -152,12 +161,18 @@ def write_shards(folder: Path, split: str, samples: int, per_shard: int, bad: tu
         with tarfile.open(folder / f"{split}-{shard:05d}.tar", "w") as tar:
             for i in range(start, min(samples, start + per_shard)):
                 label = i % len(SHARD_CLASSES)
-                files = {
-                    "jpg": b"not a jpeg" if i in bad else tinted_jpeg(label, 1000 * (split == "train") + i),
-                    "cls": str(label).encode(),
-                    "json": json.dumps({"family": SHARD_CLASSES[label], "phylum": "arthropoda"}).encode(),
-                }
-                for extension, payload in files.items():
-                    info = tarfile.TarInfo(f"{split}_{i:05d}.{extension}")
+                seed = 1000 * (split == "train") + i
+                extension = "png" if i in png else "jpg"
+                image = tinted_jpeg(label, seed, "PNG" if i in png else "JPEG")
+                files = {extension: b"not a jpeg" if i in bad else image}
+                if i in unlabelled:
+                    files["json"] = json.dumps({"phylum": "arthropoda"}).encode()
+                else:
+                    files["cls"] = str(label).encode()
+                    files["json"] = json.dumps(
+                        {"family": SHARD_CLASSES[label], "phylum": "arthropoda"}
+                    ).encode()
+                for name, payload in files.items():
+                    info = tarfile.TarInfo(f"{split}_{i:05d}.{name}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))

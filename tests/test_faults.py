@@ -93,6 +93,7 @@ def test_resume_flag_accepts_a_run_folder_and_rejects_a_missing_one(tmp_path):
     assert checkpoint_to_resume(str(run), tmp_path / "elsewhere") == str(run / "checkpoint-6")
     assert checkpoint_to_resume(str(run / "checkpoint-3"), run) == str(run / "checkpoint-3")
     assert checkpoint_to_resume(None, tmp_path / "new") is None
+    assert checkpoint_to_resume("false", run) is None  # start afresh on purpose
     with pytest.raises(DataSourceError, match="no such folder"):
         checkpoint_to_resume(str(tmp_path / "missing"), run)
     with pytest.raises(DataSourceError, match="no complete checkpoint"):
@@ -224,3 +225,20 @@ def test_remote_code_stays_off_unless_asked(vit_checkpoint, tmp_path):
     with pytest.raises(Exception, match="(?i)trust_remote_code"):
         build_model(str(tmp_path / "my-custom-vit"), ["a", "b"])
     assert not marker.exists()
+
+
+def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
+    from hf_classifier.trainer import complete_checkpoints, rotate_complete_checkpoints
+
+    run = tmp_path / "run"
+    for step, complete in ((2, True), (4, True), (6, True), (8, False)):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "checkpoint_complete.json").write_text("{}")
+    rotate_complete_checkpoints(run, 1, best=str(run / "checkpoint-2"))
+    # The newest complete one and the best stay; the one being written (no mark yet) is not counted.
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
+    assert [p.name for p in complete_checkpoints(run)] == ["checkpoint-2", "checkpoint-6"]
+    rotate_complete_checkpoints(run, None, best=None)  # no limit: nothing deleted
+    assert len(list(run.iterdir())) == 3

@@ -188,3 +188,22 @@ def test_find_bad_images_reports_each_bad_file_in_order(tmp_path):
     bad = find_bad_images([str(good), str(empty), str(good), str(text)], num_workers=2, progress=False)
     assert [index for index, _ in bad] == [1, 3]
     assert "empty" in bad[0][1] and "not an image" in bad[1][1]
+
+
+def test_draft_decoding_leaves_a_callers_image_alone_and_reports_oversized_files(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hf_classifier.images import BadImageError, decode_image
+
+    photo = Image.new("RGB", (2000, 1500), (10, 120, 200))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    opened = Image.open(tmp_path / "big.jpg")  # not loaded yet: a draft would shrink it
+    decoded = decode_image(opened, (224, 224))
+    assert decoded.size == (2000, 1500) and opened.size == (2000, 1500)
+    loaded = Image.open(tmp_path / "big.jpg")
+    loaded.load()
+    assert decode_image(loaded, (224, 224)).size == (2000, 1500)
+    # Beyond Pillow's decompression-bomb limit: a BadImageError with the file, not a crash.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    with pytest.raises(BadImageError, match="big.jpg.*too large"):
+        decode_image(str(tmp_path / "big.jpg"), (224, 224))

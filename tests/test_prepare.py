@@ -215,3 +215,29 @@ def test_loader_and_device_defaults_fit_the_machine(tmp_path):
     assert args.dataloader_persistent_workers and args.dataloader_prefetch_factor == 4
     if not torch.cuda.is_available():
         assert args.bf16 is False and not args.tf32 and not args.dataloader_pin_memory
+
+
+def test_the_cache_holds_images_only_so_labels_always_come_from_the_source(photos, tmp_path):
+    """Same photos, another label column (or corrected labels): the cache is reused, the labels are
+    the ones asked for, and split CSVs written after preparing still list paths, not pixels."""
+    from hf_classifier.prepare import prepare_data
+    from hf_classifier.sources import SOURCE_IMAGE, from_metadata_csv
+    from hf_classifier.splits import write_splits
+
+    paths = sorted(p for p in photos.rglob("*.jpg"))
+    listing = tmp_path / "metadata.csv"
+    rows = [f"{p.relative_to(photos)},{p.parent.name}_family,{p.parent.name}_phylum" for p in paths]
+    listing.write_text("image,family,phylum\n" + "\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    for column in ("family", "phylum"):
+        data = from_metadata_csv(listing, image_root=photos, label_column=column)
+        prepared, bad = prepare_data(data, 64, cache_dir=cache, num_proc=1)
+        split = prepared.splits["train"]
+        assert bad == [] and prepared.labels == ["a_" + column, "b_" + column]
+        names = [split.features[LABEL].int2str(i) for i in split[LABEL]]
+        assert names == [f"{Path(p).parent.name}_{column}" for p in split[SOURCE_IMAGE]]
+        assert isinstance(split[0][IMAGE], bytes)
+    assert len(list(cache.iterdir())) == 1  # one cache entry served both label columns
+    write_splits(prepared, tmp_path / "splits")
+    header, first, *_ = (tmp_path / "splits" / "train.csv").read_text().splitlines()
+    assert header.split(",")[0] == "image" and first.split(",")[0].endswith(".jpg")

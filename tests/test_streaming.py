@@ -57,33 +57,38 @@ def test_training_streams_shards_with_steps_based_evaluation(shards, vit_checkpo
     assert json.loads((out / "evaluation_validation" / "metrics.json").read_text())["num_images"] == 9
 
 
-def test_stream_is_shuffled_and_shared_without_overlap(shards):
+def test_stream_is_shuffled_endless_and_shared_without_overlap(shards):
+    import itertools
+
     from datasets.distributed import split_dataset_by_node
     from torch.utils.data import DataLoader
 
-    from hf_classifier.streaming import load_streaming_data
+    from hf_classifier.streaming import load_streaming_data, training_stream
 
-    args = parse_args(
-        (DataArguments,), ["--data_dir", str(shards), "--streaming", "true", "--shuffle_buffer_size", "16"]
-    )[0]
-    stream = load_streaming_data(args, seed=0).splits["train"]
-    first = [sample[FILE_PATH] for sample in stream]
-    assert len(first) == len(set(first)) == 48
-    assert first != sorted(first)  # shard order and buffer shuffled
-    assert [s[FILE_PATH] for s in load_streaming_data(args, seed=0).splits["train"]] == first  # reproducible
-    stream.set_epoch(1)
-    assert [s[FILE_PATH] for s in stream] != first  # a new order each epoch
+    args = parse_args((DataArguments,), ["--data_dir", str(shards), "--streaming", "true"])[0]
+    source = load_streaming_data(args, seed=0).splits["train"]
+    in_order = [sample[FILE_PATH] for sample in source]
+    assert len(in_order) == len(set(in_order)) == 48
+
+    def one_pass(seed: int) -> list[str]:
+        return [s[FILE_PATH] for s in training_stream(source, seed=seed, buffer_size=16, endless=False)]
+
+    first = one_pass(0)
+    assert sorted(first) == sorted(in_order) and first != in_order  # shard order and buffer shuffled
+    assert one_pass(0) == first and one_pass(1) != first  # reproducible; a resumed run draws a new order
+
+    # Endless for training: never runs dry, and the next pass comes in another order.
+    endless = [s[FILE_PATH] for s in itertools.islice(training_stream(source, seed=0, buffer_size=16), 144)]
+    assert endless[:48] != endless[48:96] and set(endless) == set(in_order)
 
     # Two processes (shards split as Accelerate does), each with two DataLoader workers: every image once.
     seen = []
     for rank in range(2):
-        share = split_dataset_by_node(
-            load_streaming_data(args, seed=0).splits["train"], rank=rank, world_size=2
-        )
+        share = split_dataset_by_node(source, rank=rank, world_size=2)
         loader = DataLoader(share.select_columns([FILE_PATH, LABEL]), batch_size=None, num_workers=2)
         seen.append([sample[FILE_PATH] for sample in loader])
     assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == sorted(first)
+    assert sorted(seen[0] + seen[1]) == sorted(in_order)
 
 
 def test_class_list_and_labels_must_agree(shards, tmp_path):
@@ -161,3 +166,64 @@ def test_hub_streaming_offline_fails_fast_with_a_clear_message():
     with pytest.raises(HubUnavailableError, match="imageomics/rare-species.*Streaming reads from the Hub"):
         load_streaming_data(args, seed=0)
     assert time.monotonic() - started < 10
+
+
+def test_mixed_formats_unlabelled_samples_and_bad_validation_images(vit_checkpoint, tmp_path):
+    from hf_classifier.streaming import load_streaming_data
+
+    folder = tmp_path / "shards"
+    # datasets infers the columns from the first 5 samples: the odd ones come later.
+    write_shards(folder, "train", 24, 12, png=(7, 11, 20))
+    write_shards(folder, "validation", 9, 9, png=(5,), unlabelled=(6,), bad=(8,))
+    (folder / "classes.txt").write_text("\n".join(CLASSES))
+
+    def load(*flags: str):
+        argv = ["--data_dir", str(folder), "--streaming", "true", "--label_column", "family", *flags]
+        return load_streaming_data(parse_args((DataArguments,), argv)[0], seed=0)
+
+    # The validation split is checked as it is stored: a bad image stops, or is skipped with a warning.
+    with pytest.raises(DataSourceError, match=r"validation-00000.tar:validation_00008: .*--skip_bad_images"):
+        load()
+    data = load("--skip_bad_images", "true")
+    kept = data.splits["validation"][FILE_PATH]
+    assert len(kept) == 7 and not any(key.endswith(("_00006", "_00008")) for key in kept)  # no label, bad
+    # PNG samples among JPEG ones are read from their own key.
+    assert sum(1 for sample in data.splits["train"] if sample["image"] is not None) == 24
+    out = tmp_path / "run"
+    train(
+        *streaming_args(folder, out, vit_checkpoint, "--label_column", "family", "--skip_bad_images", "true")
+    )
+    assert not (out / "bad_images_streamed.tsv").exists()  # every training sample was readable
+
+
+def test_a_streamed_run_resumes_at_once_from_its_last_checkpoint(shards, vit_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    train(*streaming_args(shards, out, vit_checkpoint))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
+    data_args, model_args, training_args = streaming_args(shards, out, vit_checkpoint)
+    training_args.max_steps = 18  # the same command, asked to go further
+    train(data_args, model_args, training_args)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 18
+    assert training_args.ignore_data_skip  # no replay of the 12 steps already done
+    steps = [entry["step"] for entry in state["log_history"] if "eval_accuracy" in entry]
+    assert steps[-1] == 18 and 12 in steps
+
+
+def test_class_names_must_match_a_class_label_column(tmp_path):
+    from helpers import make_image_tree
+
+    from hf_classifier.streaming import load_streaming_data
+
+    root = make_image_tree(
+        tmp_path / "folder", {"train/ants": 3, "train/bees": 3, "validation/ants": 2, "validation/bees": 2}
+    )
+
+    def load(*flags: str):
+        argv = ["--dataset_name", str(root), "--streaming", "true", *flags]
+        return load_streaming_data(parse_args((DataArguments,), argv)[0], seed=0)
+
+    assert load().labels == ["ants", "bees"]
+    assert load("--class_names", "ants,bees").labels == ["ants", "bees"]
+    with pytest.raises(DataSourceError, match="differs from the data set's own ClassLabel"):
+        load("--class_names", "bees,ants")
