@@ -37,9 +37,11 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.io_utils import write_json  # noqa: E402
 from hf_classifier.prepare import prepare_split, prepared_size  # noqa: E402
+from hf_classifier.preview import default_spec  # noqa: E402
 from hf_classifier.sources import IMAGE, image_files_below  # noqa: E402
-from hf_classifier.transforms import ExampleTransform, ImageTransform, PreprocessSpec, get_preset  # noqa: E402
+from hf_classifier.transforms import ExampleTransform, ImageTransform, get_preset  # noqa: E402
 
 
 class NaiveImages(Dataset):
@@ -120,13 +122,7 @@ def main() -> None:
     naive_seconds = run_loader(NaiveImages(paths, args.image_size), args.processes)
     results["naive_img_s"] = len(paths) / naive_seconds
 
-    spec = PreprocessSpec(
-        resample=int(Image.Resampling.BILINEAR),
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-        resize_to=(args.image_size, args.image_size),
-    )
-    transform = ExampleTransform(ImageTransform(spec, get_preset(args.augmentation)))
+    transform = ExampleTransform(ImageTransform(default_spec(args.image_size), get_preset(args.augmentation)))
     with tempfile.TemporaryDirectory(prefix="hf_classifier_bench_") as cache:
         started = time.perf_counter()
         prepared, bad = prepare_split(
@@ -148,11 +144,9 @@ def main() -> None:
 
     for key in [k for k in results if k.startswith("epoch")]:
         results[key.replace("_img_s", "_vs_naive")] = results[key] / results["naive_img_s"]
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -65,14 +65,10 @@ def _loader(dataset, **kwargs):
 
 
 def _transform():
-    from PIL import Image
+    from hf_classifier.preview import default_spec
+    from hf_classifier.transforms import ImageTransform, get_preset
 
-    from hf_classifier.transforms import ImageTransform, PreprocessSpec, get_preset
-
-    spec = PreprocessSpec(
-        resample=int(Image.Resampling.BILINEAR), mean=(0.5,) * 3, std=(0.5,) * 3, resize_to=(224, 224)
-    )
-    return ImageTransform(spec, get_preset("light"))
+    return ImageTransform(default_spec(224), get_preset("light"))
 
 
 def child_prepared(listing: str, cache: str, _buffer_size: int) -> None:
@@ -197,11 +193,11 @@ def main() -> None:
             key: round(mine[-1][key] / mine[0][key], 3) for key in ("peak_anonymous_mib", "peak_rss_mib")
         }
     results = {"command": " ".join(sys.argv), "rows": rows, "growth": growth}
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        from hf_classifier.io_utils import write_json
+
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.io_utils import write_json  # noqa: E402
 from hf_classifier.predict import predict  # noqa: E402
 from hf_classifier.sources import image_files_below  # noqa: E402
 
@@ -154,11 +155,9 @@ def main() -> None:
                 row[f"speedup_{precision}"] = batched / per_image
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

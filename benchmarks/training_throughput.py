@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_classifier.arguments import ClassifierTrainingArguments  # noqa: E402
 from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.io_utils import write_json  # noqa: E402
 
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 MODELS = {
@@ -231,11 +232,9 @@ def main() -> None:
             results[f"{model_name}_ours_vs_example_script"] = (
                 by[(model_name, "ours")] / by[(model_name, "example-script")]
             )
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

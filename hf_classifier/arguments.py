@@ -244,7 +244,10 @@ def _has_accelerator() -> bool:
 
 
 def default_num_workers() -> int:
-    return available_cpus()
+    """The CPUs available, shared among the training processes on this machine (torchrun and
+    accelerate set LOCAL_WORLD_SIZE): 8 processes on 64 cores get 8 workers each, not 64."""
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, available_cpus() // local_processes)
 
 
 @dataclass
@@ -436,18 +439,22 @@ class PredictArguments:
             raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
 
 
+class OptionError(ValueError):
+    """A command-line option (or config file) the run cannot use; the message names it."""
+
+
 def config_file_to_argv(path: str | Path) -> list[str]:
     """Turn a YAML/JSON config into command-line tokens, so that flags after it override it."""
+    import yaml
+
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        values = json.loads(text)
-    else:
-        import yaml
-
-        values = yaml.safe_load(text) or {}
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise OptionError(f"Config file {path} cannot be parsed: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of argument names to values at the top level")
+        raise OptionError(f"{path}: expected a mapping of argument names to values at the top level")
     argv: list[str] = []
     for key, value in values.items():
         if value is None:
@@ -466,7 +473,7 @@ def expand_config_file(argv: list[str]) -> list[str]:
     """`train config.yaml --learning_rate 1e-4` -> the config's flags followed by the overrides."""
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         if not Path(argv[0]).is_file():
-            raise FileNotFoundError(f"Config file {argv[0]} does not exist")
+            raise OptionError(f"Config file {argv[0]} does not exist")
         return config_file_to_argv(argv[0]) + argv[1:]
     return argv
 
@@ -475,7 +482,14 @@ def parse_args(
     dataclass_types: tuple[type, ...], argv: list[str], prog: str | None = None
 ) -> tuple[Any, ...]:
     parser = HfArgumentParser(dataclass_types, prog=prog)
-    return parser.parse_args_into_dataclasses(args=expand_config_file(list(argv)), look_for_args_file=False)
+    try:
+        return parser.parse_args_into_dataclasses(
+            args=expand_config_file(list(argv)), look_for_args_file=False
+        )
+    except OptionError:
+        raise
+    except ValueError as error:  # the dataclasses' checks (ours and TrainingArguments'): bad options
+        raise OptionError(str(error)) from error
 
 
 def field_names(dataclass_type: type) -> set[str]:
@@ -509,6 +523,11 @@ class SplitArguments:
         default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
     )
     num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
+
+    def __post_init__(self) -> None:
+        from .splits import check_split_sizes
+
+        check_split_sizes(self.val_size, self.test_size)  # before any data is loaded
 
 
 @dataclass

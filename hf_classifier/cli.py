@@ -219,7 +219,7 @@ def prepare_command(argv: list[str]) -> int:
 
 def augment_preview_command(argv: list[str]) -> int:
     from .arguments import AugmentPreviewArguments, DataSourceArguments, parse_args
-    from .io_utils import atomic_open
+    from .io_utils import write_png
     from .modeling import load_image_processor
     from .preview import augmentation_preview
 
@@ -236,8 +236,7 @@ def augment_preview_command(argv: list[str]) -> int:
         num_versions=args.num_versions,
         seed=args.seed,
     )
-    with atomic_open(args.output, "wb") as handle:
-        grid.save(handle, format="PNG")
+    write_png(args.output, grid)
     print(f"Wrote {args.output}")
     return 0
 
@@ -314,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def is_user_error(error: BaseException) -> bool:
     """Errors caused by the input (data, files, options, network) rather than by a bug."""
+    from .arguments import OptionError
     from .hub import HubUnavailableError
     from .images import BadImageError
     from .publish import PublishError
@@ -323,6 +323,7 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(
         error,
         (
+            OptionError,
             DataSourceError,
             BadImagesError,
             BadImageError,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ def compare(
     strategies: list[str],
 ) -> str:
     """Train and evaluate every strategy; write comparison.{md,csv,json} to OUTPUT_DIR; return the table."""
-    from .evaluation import evaluate_model
+    from .evaluation import METRICS_FILE
     from .predictor import load_predictor
     from .training import train
 
@@ -81,8 +82,12 @@ def compare(
         )
     output_dir = Path(training_args.output_dir)
     data = data_args.load_data(cache_dir=model_args.cache_dir, token=model_args.token)
-    held_out = "test" if "test" in data.splits else "validation"
-    judged = dataclasses.replace(data, splits=type(data.splits)({held_out: data.splits[held_out]}))
+    held_out = next((split for split in ("test", "validation") if split in data.splits), None)
+    if held_out is None:
+        raise DataSourceError(
+            f"--split_dir {data_args.split_dir} has no test.csv or validation.csv to judge the strategies on; "
+            "write the splits with `hf-classifier split ... --test_size 0.1`."
+        )
 
     results: list[dict[str, Any]] = []
     for strategy in strategies:
@@ -91,15 +96,9 @@ def compare(
             training_args, output_dir=str(folder), hierarchy=STRATEGY_HIERARCHY[strategy], push_to_hub=False
         )
         started = time.time()
-        train(data_args, model_args, args)
+        train(data_args, model_args, args)  # also evaluates the saved model on validation and test
         seconds = time.time() - started
-        report = evaluate_model(
-            folder,
-            judged,
-            folder / f"evaluation_{held_out}",
-            progress=False,
-            num_workers=training_args.dataloader_num_workers,
-        )
+        report = json.loads((folder / f"evaluation_{held_out}" / METRICS_FILE).read_text(encoding="utf-8"))
         results.append(
             {
                 "strategy": strategy,
@@ -120,10 +119,14 @@ def compare(
         for result in results:
             if result["strategy"] == "flat":
                 continue
-            other_ids, _, other = _read_predictions(
-                output_dir / result["strategy"] / f"evaluation_{held_out}"
-            )
-            assert other_ids == ids, "strategies were judged on different images"
+            other_folder = output_dir / result["strategy"] / f"evaluation_{held_out}"
+            other_ids, _, other = _read_predictions(other_folder)
+            if other_ids != ids:
+                raise DataSourceError(
+                    f"{other_folder / 'predictions.csv'} and {output_dir / 'flat' / f'evaluation_{held_out}'} "
+                    "list different images, so they cannot be compared; rerun compare into an empty "
+                    "--output_dir."
+                )
             labels = sorted(set(labels) | set(other))
             index = {label: i for i, label in enumerate(labels)}
             difference, low, high = paired_bootstrap(

@@ -54,10 +54,14 @@ def _popcount(values: np.ndarray) -> np.ndarray:
 
 
 def near_pairs(
-    hashes: Sequence[int], threshold: int = DEFAULT_NEAR_THRESHOLD, block: int = 2048
+    hashes: Sequence[int], threshold: int = DEFAULT_NEAR_THRESHOLD, block: int | None = None
 ) -> list[tuple[int, int]]:
-    """All index pairs (i < j) whose hashes differ in at most `threshold` bits (blockwise, all pairs)."""
+    """All index pairs (i < j) whose hashes differ in at most `threshold` bits (blockwise, all pairs).
+
+    Each block compares `block` hashes with all of them; by default sized so that a block's distance
+    matrix stays near 4 million entries (about 32 MB) however many images there are."""
     values = np.asarray(hashes, dtype=np.uint64)
+    block = block or max(1, 2**22 // max(1, len(values)))
     pairs = []
     for start in range(0, len(values), block):
         distances = _popcount(values[start : start + block, None] ^ values[None, :])

@@ -20,13 +20,13 @@ from PIL import Image, ImageDraw
 from .distributed import is_main_process
 from .hierarchy import label_to_phylum
 from .images import ImageSource, open_image, relative_or_absolute
-from .io_utils import atomic_open, write_csv, write_json, write_text
-from .metrics import TOP_K, load_metric
+from .io_utils import write_csv, write_json, write_png, write_text
+from .metrics import TOP_K, classification_metrics, load_metric
 from .model_card import md_cell
 from .plots import INK, font, heatmap, image_grid, side_by_side
 from .predict import classify
 from .predictor import load_predictor
-from .sources import FILE_PATH, IMAGE, LABEL, ImageData, find_id_column
+from .sources import FILE_PATH, IMAGE, LABEL, DataSourceError, ImageData, find_id_column
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,10 @@ def classification_report(
     compute = {"predictions": y_pred, "references": y_true}
     report: dict[str, Any] = {
         "num_images": int(len(y_true)),
-        "accuracy": load_metric("accuracy").compute(**compute)["accuracy"],
-        "f1_macro": load_metric("f1").compute(**compute, average="macro")["f1"],
-        "f1_weighted": load_metric("f1").compute(**compute, average="weighted")["f1"],
+        **classification_metrics(probabilities, y_true),  # the figures training reports, and top-5
         "precision_macro": load_metric("precision").compute(**compute, average="macro")["precision"],
         "recall_macro": load_metric("recall").compute(**compute, average="macro")["recall"],
     }
-    if len(labels) >= TOP_K:
-        report[f"top{TOP_K}_accuracy"] = load_metric("top_k_accuracy").compute(
-            predictions=probabilities, references=y_true, k=TOP_K
-        )["top_k_accuracy"]
     every = list(range(len(labels)))
     per_class_values = {
         name: load_metric(name).compute(**compute, average=None, labels=every)[name]
@@ -183,7 +177,12 @@ def evaluate_model(
         if not error and name in index_of
     ]
     if not scored:
-        raise ValueError("No image could be scored: none was readable with a label the model knows.")
+        raise DataSourceError(
+            f"No image could be scored with {model}: of {len(true_names)} listed, "
+            f"{sum(1 for e in errors if e)} could not be read and {sum(unknown.values())} have labels the "
+            f"model does not know (e.g. {', '.join(sorted(unknown)[:3]) or '-'}; it knows "
+            f"{', '.join(model_labels[:3])}, ...). Check --label_column and the data's paths."
+        )
     y_true = np.array([index_of[true_names[i]] for i in scored])
     probs = probabilities[scored]
     phylum_of = predictor.phylum_of or label_to_phylum(data)
@@ -218,20 +217,32 @@ def evaluate_model(
     bad = [(ids[i], errors[i]) for i in range(len(errors)) if errors[i]]
     if bad:
         write_csv(output_dir / "bad_images.csv", ["id", "reason"], bad)
-    _save_png(
-        confusion_matrix_picture(y_true, y_pred, model_labels, phylum_of, report),
+    write_png(
         output_dir / "confusion_matrix.png",
+        confusion_matrix_picture(y_true, y_pred, model_labels, phylum_of, report),
     )
     wrong = [k for k in np.argsort(-scores, kind="stable") if y_true[k] != y_pred[k]][:max_misclassified]
-    _save_png(
+    write_png(
+        output_dir / "misclassified.png",
         misclassified_picture(
             [sources[scored[k]] for k in wrong],
             [(model_labels[y_true[k]], model_labels[y_pred[k]], float(scores[k])) for k in wrong],
         ),
-        output_dir / "misclassified.png",
     )
     write_text(output_dir / "summary.md", summary_markdown(report, model_labels, phylum_of))
     return report
+
+
+def evaluate_splits(
+    model: str | Path, data: ImageData, output_dir: str | Path, **options: Any
+) -> dict[str, dict[str, Any]]:
+    """`evaluate_model` on the validation and the test split (those `data` has), each into
+    `output_dir/evaluation_<split>/`; the reports by split."""
+    return {
+        split: evaluate_model(model, data.only(split), Path(output_dir) / f"evaluation_{split}", **options)
+        for split in ("validation", "test")
+        if split in data.splits
+    }
 
 
 def _write_classification_report(path: Path, report: dict[str, Any]) -> None:
@@ -248,11 +259,6 @@ def _write_classification_report(path: Path, report: dict[str, Any]) -> None:
     ]
     rows.sort(key=lambda row: (row[1], row[0]))
     write_csv(path, ["label", "phylum", "precision", "recall", "f1", "support"], rows)
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG", optimize=True)
 
 
 def confusion_matrix_picture(

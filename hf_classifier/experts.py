@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
-from .hierarchy import PHYLUM, label_to_phylum, relabel, subset
+from .hierarchy import PHYLUM, relabel, require_phylum_of, subset
 from .io_utils import write_json
 from .predictor import EXPERTS_FILE
 from .sources import DataSourceError, ImageData
@@ -33,19 +33,14 @@ def train_experts(
     callbacks: list | None = None,
     concise_logs: bool = False,
 ) -> Any:
-    from .evaluation import evaluate_model
+    from .evaluation import evaluate_splits
     from .training import TrainingOutcome, load_training_data, train
 
     started = time.time()
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(desc="loading and checking the data"):
         data = load_training_data(data_args, model_args, training_args)  # one split for every model
-    phylum_of = label_to_phylum(data)
-    if not phylum_of:
-        raise DataSourceError(
-            "--hierarchy experts needs each label's phylum: a 'phylum' column, or class folders named "
-            "phylum_family (e.g. chordata_ardeidae)."
-        )
+    phylum_of = require_phylum_of(data, "--hierarchy experts")
 
     def run(name: str, part: ImageData) -> None:
         args = dataclasses.replace(
@@ -86,15 +81,21 @@ def train_experts(
     if training_args.should_save:
         write_json(output_dir / EXPERTS_FILE, spec)
         # The combined predictor, on exactly the images the single models are judged on.
-        for split, prefix in (("validation", "eval"), ("test", "test")):
-            if split in data.splits:
-                only = dataclasses.replace(data, splits=type(data.splits)({split: data.splits[split]}))
-                result = evaluate_model(output_dir, only, output_dir / f"evaluation_{split}", progress=False)
-                split_metrics = {
-                    f"{prefix}_{key}": value for key, value in result.items() if isinstance(value, float)
-                }
-                write_json(output_dir / f"{prefix}_results.json", split_metrics)
-                metrics.update(split_metrics)
+        reports = evaluate_splits(
+            output_dir,
+            data,
+            output_dir,
+            progress=False,
+            batch_size=training_args.per_device_eval_batch_size,
+            num_workers=training_args.dataloader_num_workers,
+        )
+        for split, report in reports.items():
+            prefix = "eval" if split == "validation" else "test"
+            split_metrics = {
+                f"{prefix}_{key}": value for key, value in report.items() if isinstance(value, float)
+            }
+            write_json(output_dir / f"{prefix}_results.json", split_metrics)
+            metrics.update(split_metrics)
         metrics["train_runtime"] = time.time() - started
         write_json(output_dir / "all_results.json", metrics)
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)

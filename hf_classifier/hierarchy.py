@@ -106,6 +106,31 @@ def label_to_phylum(data: ImageData) -> dict[str, str] | None:
     return None
 
 
+def require_phylum_of(data: ImageData, option: str) -> dict[str, str]:
+    """`label_to_phylum(data)`, or an error naming `option` and what the data lacks."""
+    phylum_of = label_to_phylum(data)
+    if phylum_of:
+        return phylum_of
+    from .sources import DataSourceError
+
+    stored = [split for split in data.splits.values() if hasattr(split, "__len__")]
+    if stored and PHYLUM in stored[0].column_names:
+        known = {
+            split.features[LABEL].names[label]
+            for split in stored
+            for label, phylum in zip(split[LABEL], split[PHYLUM], strict=True)
+            if phylum
+        }
+        missing = [label for label in data.labels if label not in known]
+        lacking = f"the 'phylum' column is empty for every image of {', '.join(missing[:5])}"
+    else:
+        lacking = "there is no 'phylum' column and the class names do not read as phylum_family"
+    raise DataSourceError(
+        f"{option} needs each label's phylum, but {lacking}. Give a 'phylum' column, or class folders "
+        "named phylum_family (e.g. chordata_ardeidae)."
+    )
+
+
 def relabel(data: ImageData, mapping: dict[str, str], label_name: str = PHYLUM) -> ImageData:
     """The same images labelled with `mapping[label]` (e.g. family -> phylum)."""
     from datasets import ClassLabel

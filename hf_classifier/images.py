@@ -7,11 +7,12 @@ files are recognised by content, never by extension. PIL's decompression-bomb gu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,14 +60,16 @@ class DecodedImage:
     def __init__(
         self,
         image: Image.Image | None,
-        original_size: tuple[int, int],
-        extent: tuple[float, float],
+        original_size: tuple[int, int] | None = None,
+        extent: tuple[float, float] | None = None,
         pixels: np.ndarray | None = None,
     ):
+        """Without `original_size` / `extent`, the decode is the whole photo at full scale."""
         if image is None and pixels is None:
             raise ValueError("DecodedImage needs an image or its pixels")
         self._image, self._pixels = image, pixels
-        self.original_size, self.extent = original_size, extent
+        self.original_size = original_size or self.size
+        self.extent = extent or (float(self.original_size[0]), float(self.original_size[1]))
 
     @property
     def image(self) -> Image.Image:
@@ -77,7 +80,8 @@ class DecodedImage:
     @property
     def pixels(self) -> np.ndarray:
         if self._pixels is None:
-            self._pixels = np.asarray(self._image.convert("RGB"))
+            image = self._image  # RGB already when it comes from open_image: no copy needed
+            self._pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         return self._pixels
 
     @property
@@ -99,33 +103,20 @@ def decode_image(source: ImageSource, draft_size: tuple[int, int] | None = None)
     be computed on the photo and mapped onto the smaller decode (the output geometry is unchanged)."""
     raw_rgb = _raw_ppm(source)
     if raw_rgb is not None:
-        height, width = raw_rgb.shape[:2]
-        return DecodedImage(None, (width, height), (float(width), float(height)), pixels=raw_rgb)
+        return DecodedImage(None, pixels=raw_rgb)
     if draft_size is None or isinstance(source, Image.Image):
         # A caller's PIL image is decoded already (and drafting would shrink the caller's object).
-        image = open_image(source)
-        return DecodedImage(image, image.size, (float(image.width), float(image.height)))
-    name = describe_source(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            raw = _open(source)
-            original = raw.size
-            box = None
-            if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
-                # A rotation would move the draft's padded edge; rotated photos are decoded in full.
-                drafted = raw.draft("RGB", draft_size)
-                box = drafted[1] if drafted else None
-    except FileNotFoundError as error:
-        raise BadImageError(name, "file not found") from error
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
-        return decode_image(source)  # let open_image give the precise reason
-    try:
-        image = open_image(raw)
-    except BadImageError as error:
-        raise BadImageError(name, error.reason) from error
+        return DecodedImage(open_image(source))
+    with image_errors(source):
+        raw = _open(source)
+        original, box = raw.size, None
+        if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
+            # A rotation would move the draft's padded edge; rotated photos are decoded in full.
+            drafted = raw.draft("RGB", draft_size)
+            box = drafted[1] if drafted else None
+        image = to_rgb(_apply_exif_orientation(raw))
     if box is None or image.size == original:
-        return DecodedImage(image, image.size, (float(image.width), float(image.height)))
+        return DecodedImage(image)
     return DecodedImage(image, original, (float(box[2]), float(box[3])))
 
 
@@ -160,16 +151,23 @@ def open_image(
 
     Raises `BadImageError` (with the file and the reason) for anything that is not a usable image.
     """
+    with image_errors(source):
+        image = _open(source)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", draft_size)
+        return to_rgb(_apply_exif_orientation(image), background)
+
+
+@contextlib.contextmanager
+def image_errors(source: ImageSource) -> Iterator[None]:
+    """Inside the block, whatever Pillow raises on a bad file becomes a `BadImageError` that names
+    `source` and the reason. Oversized images beyond PIL's hard limit still raise (and are reported);
+    the warning below that limit is silenced."""
     name = describe_source(source)
     try:
         with warnings.catch_warnings():
-            # Oversized images beyond the hard limit still raise DecompressionBombError below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = _open(source)
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)
-            image = _apply_exif_orientation(image)
-            return to_rgb(image, background)
+            yield
     except FileNotFoundError as error:
         raise BadImageError(name, "file not found") from error
     except IsADirectoryError as error:
@@ -180,6 +178,19 @@ def open_image(
         raise BadImageError(name, f"too large to decode safely ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
         raise BadImageError(name, f"cannot be decoded ({error})") from error
+
+
+def read_source_bytes(source: ImageSource) -> bytes:
+    """The encoded bytes of a path, raw bytes or a `{"bytes", "path"}` record."""
+    if isinstance(source, dict):
+        if source.get("bytes") is not None:
+            return source["bytes"]
+        if not source.get("path"):
+            raise ValueError("image record has neither bytes nor path")
+        source = source["path"]
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    return Path(source).read_bytes()
 
 
 def _open(source: ImageSource) -> Image.Image:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .duplicates import (
     DEFAULT_NEAR_THRESHOLD,
@@ -37,11 +37,13 @@ from .images import (
     ImageSource,
     available_cpus,
     describe_source,
+    image_errors,
     image_extensions,
     open_image,
+    read_source_bytes,
     relative_or_absolute,
 )
-from .io_utils import write_json
+from .io_utils import write_json, write_png
 from .plots import bar_chart, color_map, histogram, image_grid, side_by_side
 from .sources import IMAGE, LABEL, ImageData
 
@@ -63,46 +65,29 @@ class ImageFacts:
     width: int | None = None  # as displayed, after the EXIF orientation
     height: int | None = None
     orientation: int = 1
-    size_bytes: int | None = None
     content_hash: str | None = None
     perceptual_hash: int | None = None
-
-
-def _read_bytes(source: ImageSource) -> bytes:
-    if isinstance(source, dict):
-        if source.get("bytes") is not None:
-            return source["bytes"]
-        source = source["path"]
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    with open(source, "rb") as handle:
-        return handle.read()
 
 
 def scan_image(source: ImageSource) -> ImageFacts:
     facts = ImageFacts(path=describe_source(source))
     try:
-        data = _read_bytes(source)
-    except FileNotFoundError:
-        return _unreadable(facts, "file not found")
-    except OSError as error:
-        return _unreadable(facts, f"cannot be read ({error})")
-    facts.size_bytes = len(data)
-    if not data:
-        return _unreadable(facts, "empty file (0 bytes)")
-    facts.content_hash = content_hash(data)
-    try:
-        image = Image.open(io.BytesIO(data))
-        facts.format, facts.mode = image.format, image.mode
-        facts.orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-        width, height = image.size
-        facts.width, facts.height = (height, width) if facts.orientation in (5, 6, 7, 8) else (width, height)
+        with image_errors(source):
+            data = read_source_bytes(source)
+            if not data:
+                return _unreadable(facts, "empty file (0 bytes)")
+            facts.content_hash = content_hash(data)
+            image = Image.open(io.BytesIO(data))
+            facts.format, facts.mode = image.format, image.mode
+            facts.orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+            width, height = image.size
+            facts.width, facts.height = (
+                (height, width) if facts.orientation in (5, 6, 7, 8) else (width, height)
+            )
         facts.perceptual_hash = perceptual_hash(open_image(image, draft_size=(64, 64)))
-    except UnidentifiedImageError:
-        return _unreadable(facts, "not an image (content not recognised by Pillow)")
     except BadImageError as error:
         return _unreadable(facts, error.reason)
-    except Exception as error:  # noqa: BLE001 - any decoder failure makes the file unusable
+    except Exception as error:  # noqa: BLE001 - a decoder's odd failure on one file must not end the scan
         return _unreadable(facts, f"cannot be decoded ({error})")
     return facts
 
@@ -446,14 +431,7 @@ def inspect(
     for page, sheet in enumerate(contact_sheets(inspected, samples_per_class, seed), start=1):
         pictures[f"contact_sheet_{page}.png"] = sheet
     for name, picture in pictures.items():
-        _save_png(picture, output_dir / name)
+        write_png(output_dir / name, picture)
     report["pictures"] = list(pictures)
     write_json(output_dir / REPORT_FILE, report)
     return report
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    from .io_utils import atomic_open
-
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG", optimize=True)

@@ -16,7 +16,7 @@ rendered with `huggingface_hub.ModelCard`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,15 +92,14 @@ def write_training_summary(
     Curated on purpose: hyperparameter values only, no paths, no tokens."""
     labels = data.labels
     streamed = bool(data.source.get("streaming"))
-    train_counts = {label: 0 for label in labels}
+    train_counts: dict[str, int] = {}
     if streamed:  # counted only as far as training read: the number of images drawn
         devices = max(1, getattr(training_args, "world_size", 1))
-        train_counts = {}
         drawn = training_args.max_steps * training_args.per_device_train_batch_size * devices
         drawn *= training_args.gradient_accumulation_steps
     else:
-        for index in data.splits["train"][LABEL]:
-            train_counts[labels[index]] += 1
+        counts = Counter(data.splits["train"][LABEL])
+        train_counts = {label: counts[index] for index, label in enumerate(labels)}
     summary = {
         "base_model": base_model,
         "local_checkpoint": local_checkpoint,
@@ -321,7 +320,8 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
         "confusion_matrix": f"evaluation_{shown_split}/confusion_matrix.png"
         if shown_split and (model_dir / f"evaluation_{shown_split}" / "confusion_matrix.png").is_file()
         else None,
-        "hardware": summary.get("hardware") or describe_hardware(),
+        # Without the run's summary, the machine that renders the card is not the one that trained.
+        "hardware": summary.get("hardware") or "not recorded",
         "training_time": _duration(summary.get("training_seconds")),
         "versions": summary.get("versions") or framework_versions(),
         "citation": RARE_SPECIES_CITATION if rare_species else "Please cite the source of the training data.",
@@ -479,11 +479,3 @@ def _duration(seconds: float | None) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
-
-
-def card_files(model_dir: Path) -> Iterable[str]:
-    """The pictures the card shows (they are uploaded with it)."""
-    for split in EVALUATION_SPLITS:
-        picture = model_dir / f"evaluation_{split}" / "confusion_matrix.png"
-        if picture.is_file():
-            yield picture.relative_to(model_dir).as_posix()

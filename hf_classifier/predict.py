@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import gather_from_processes, is_main_process, process_state
-from .images import BadImageError, ImageSource, decode_image, relative_or_absolute
+from .images import BadImageError, ImageSource, relative_or_absolute
 from .io_utils import write_csv
 from .predictor import Predictor, load_predictor
 from .sources import (
@@ -30,7 +30,7 @@ from .sources import (
     read_csv_table,
     resolve_image_column,
 )
-from .transforms import create_transform
+from .transforms import create_transform, transform_source
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ class _DecodedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            decoded = decode_image(self.sources[index], getattr(self.transform, "draft_size", None))
-            return index, self.transform(decoded), ""
+            return index, transform_source(self.transform, self.sources[index]), ""
         except BadImageError as error:
             return index, None, error.reason
 

@@ -128,13 +128,7 @@ def push_model_folder(
         files = stage_upload(model_dir, dry_run, repo_id)
         logger.info("Dry run: %d files written to %s: %s", len(files), dry_run, ", ".join(files))
         return str(dry_run)
-    if offline_mode_requested() or not hub_reachable():
-        why = (
-            "HF_HUB_OFFLINE is set" if offline_mode_requested() else "the Hub cannot be reached (no network?)"
-        )
-        raise HubUnavailableError(
-            f"Cannot push to {repo_id}: {why}. Use --dry_run OUT to see the upload set."
-        )
+    check_can_push(repo_id)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="hf_classifier_upload_") as tmp:
         staged = Path(tmp) / "upload"

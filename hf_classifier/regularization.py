@@ -129,12 +129,18 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        averages, values = [], []
         for name, value in model.state_dict().items():
             average = self.shadow[name]
+            if average.device != value.device:  # once: the copy follows the model onto its device
+                average = self.shadow[name] = average.to(value.device)
             if average.dtype.is_floating_point:
-                average.lerp_(value.detach().to(average.device), 1 - self.decay)
+                averages.append(average)
+                values.append(value.detach())
             else:
                 average.copy_(value)
+        if averages:
+            torch._foreach_lerp_(averages, values, 1 - self.decay)  # one fused kernel, no host sync
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -12,6 +12,7 @@ of `file_name` (the Rare Species layout).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ class ImageData:
     def labels(self) -> list[str]:
         first = next(iter(self.splits.values()))
         return list(first.features[LABEL].names)
+
+    def only(self, split: str) -> ImageData:
+        """The same data set with one of its splits."""
+        return dataclasses.replace(self, splits=type(self.splits)({split: self.splits[split]}))
 
     def describe(self) -> str:
         sizes = ", ".join(

@@ -14,6 +14,7 @@ from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from .duplicates import DEFAULT_NEAR_THRESHOLD
 from .io_utils import write_csv, write_json
+from .quality import BAD_IMAGES_FILE
 from .sources import IMAGE, LABEL, SOURCE_FILE, SOURCE_IMAGE, SOURCE_INDEX, SOURCE_SPLIT, ImageData
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,13 @@ def grouped_stratified_split(
     return SplitPlan(assignment=assignment, train_only_classes=train_only, groups_kept_together=kept)
 
 
+def check_split_sizes(val_size: float, test_size: float) -> None:
+    if not (0 <= val_size < 1 and 0 <= test_size < 1 and val_size + test_size < 1):
+        raise ValueError(
+            f"--val_size {val_size} and --test_size {test_size} must be in [0, 1) with a sum below 1."
+        )
+
+
 def split_without_leaks(
     data: ImageData,
     output_dir: str | Path,
@@ -180,44 +188,47 @@ def split_without_leaks(
     """
     from .inspection import scan_data
 
-    if not (0 <= val_size < 1 and 0 <= test_size < 1 and val_size + test_size < 1):
-        raise ValueError(
-            f"--val_size {val_size} and --test_size {test_size} must be in [0, 1) with a sum below 1."
-        )
+    check_split_sizes(val_size, test_size)
     output_dir = Path(output_dir)
     if len(data.splits) > 1:
         logger.warning(
             "The source is already split (%s); its images are pooled and split again.", ", ".join(data.splits)
         )
     inspected = scan_data(data, near_threshold=near_threshold, num_workers=num_workers)
+    bad = [i for i, facts in enumerate(inspected.facts) if not facts.readable]
+    if bad:
+        write_csv(
+            output_dir / BAD_IMAGES_FILE,
+            ["path", "reason"],
+            [(inspected.paths[i], inspected.facts[i].reason) for i in bad],
+        )
+        logger.warning(
+            "Left out %d unreadable image(s), listed in %s.", len(bad), output_dir / BAD_IMAGES_FILE
+        )
+    # Plan on the readable images only, so that class targets and train-only classes count what is kept.
+    excluded = set(bad)
+    readable = [i for i in range(len(inspected.facts)) if i not in excluded]
     plan = grouped_stratified_split(
-        inspected.labels, inspected.duplicates.component_of, val_size=val_size, test_size=test_size, seed=seed
+        [inspected.labels[i] for i in readable],
+        [inspected.duplicates.component_of[i] for i in readable],
+        val_size=val_size,
+        test_size=test_size,
+        seed=seed,
     )
     pooled = (
         concatenate_datasets(list(data.splits.values()))
         if len(data.splits) > 1
         else next(iter(data.splits.values()))
     )
-    bad = [i for i, facts in enumerate(inspected.facts) if not facts.readable]
-    if bad:
-        write_csv(
-            output_dir / "bad_images.csv",
-            ["path", "reason"],
-            [(inspected.paths[i], inspected.facts[i].reason) for i in bad],
-        )
-        logger.warning(
-            "Left out %d unreadable image(s), listed in %s.", len(bad), output_dir / "bad_images.csv"
-        )
-    excluded = set(bad)
     splits = {}
     for name in ("train", "validation", "test"):
-        rows = [i for i, split in enumerate(plan.assignment) if split == name and i not in excluded]
+        rows = [readable[k] for k, split in enumerate(plan.assignment) if split == name]
         if rows:
             splits[name] = pooled.select(rows)
     data.splits.clear()
     data.splits.update(splits)
     write_splits(data, output_dir)
-    label_names = data.labels
+    counts = {name: Counter(split[LABEL]) for name, split in splits.items()}
     report = {
         "seed": seed,
         "val_size": val_size,
@@ -225,11 +236,7 @@ def split_without_leaks(
         "near_duplicate_threshold": near_threshold,
         "sizes": {name: len(split) for name, split in splits.items()},
         "per_class": {
-            label: {
-                name: sum(1 for i in split[LABEL] if label_names[i] == label)
-                for name, split in splits.items()
-            }
-            for label in label_names
+            label: {name: counts[name][index] for name in splits} for index, label in enumerate(data.labels)
         },
         "duplicate_groups_kept_together": plan.groups_kept_together,
         "train_only_classes": plan.train_only_classes,

@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from .hub import HubUnavailableError, is_local_path, unavailable_message, use_local_files_only
-from .images import BadImageError, check_image, decode_image
+from .images import BadImageError, check_image
 from .io_utils import write_text
 from .sources import FILE_PATH, IMAGE, LABEL, SPLIT_NAMES, DataSourceError, ImageData
+from .transforms import transform_source
 
 logger = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".tar"
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "image", "img")
-WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")  # sample keys of WebDataset images
+IMAGE_KEYS = (*IMAGE_EXTENSIONS, "image", "img")
 LABEL_KEYS = ("cls", "label", "txt")
 CLASS_FILES = ("classes.txt", "class_names.txt")
 
@@ -163,7 +164,7 @@ def _open_stream(data_args: Any, cache_dir: str | None, token: str | None) -> tu
         features = streams["train"].features if "train" in streams else None
         if features is not None:
             features = features.copy()
-            for key in WEBDATASET_IMAGE_KEYS:
+            for key in IMAGE_EXTENSIONS:
                 features.setdefault(key, Image())
             streams = load_dataset(
                 "webdataset", data_files=shards, streaming=True, cache_dir=cache_dir, features=features
@@ -349,12 +350,6 @@ def _samples(stream: Any, limit: int | None, skip_bad: bool) -> Iterator[dict[st
         logger.warning("%d sample(s) without a label were left out of the stored split.", unlabelled)
 
 
-def is_streamed(split: Any) -> bool:
-    from datasets import IterableDataset
-
-    return isinstance(split, IterableDataset)
-
-
 class StreamTransform:
     """Batched `IterableDataset.map` function: decode and transform each image; an unreadable one
     stops the run with its shard and key, or (with `skip_bad=True`) is dropped and recorded in a log
@@ -365,7 +360,6 @@ class StreamTransform:
         self.recorded: set[str] = set()  # each image once per reader, not once per pass
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        draft = getattr(self.image_transform, "draft_size", None)
         pixels, labels = [], []
         for source, label, where in zip(batch[IMAGE], batch[LABEL], batch[FILE_PATH], strict=True):
             try:
@@ -373,7 +367,7 @@ class StreamTransform:
                     raise BadImageError(where, "the sample has no image")
                 if label == NO_LABEL:
                     raise BadImageError(where, "the sample has no label")
-                pixels.append(self.image_transform(decode_image(source, draft)))
+                pixels.append(transform_source(self.image_transform, source))
             except BadImageError as error:
                 if not self.skip_bad:
                     raise DataSourceError(

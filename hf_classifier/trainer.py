@@ -44,15 +44,20 @@ def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
     return Path(folder, CHECKPOINT_COMPLETE).is_file()
 
 
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The `checkpoint-N` folders of `output_dir` that were written to the end, oldest first."""
+def numbered_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, complete or not, oldest (smallest N) first."""
     folder = Path(output_dir)
     steps = []
     for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else ():
         suffix = path.name.rpartition("-")[2]
-        if path.is_dir() and suffix.isdigit() and checkpoint_is_complete(path):
+        if path.is_dir() and suffix.isdigit():
             steps.append((int(suffix), path))
     return [path for _, path in sorted(steps)]
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir` that were written to the end, oldest first."""
+    return [path for path in numbered_checkpoints(output_dir) if checkpoint_is_complete(path)]
 
 
 def rotate_complete_checkpoints(output_dir: str | os.PathLike, limit: int | None, best: str | None) -> None:
@@ -72,15 +77,7 @@ def rotate_complete_checkpoints(output_dir: str | os.PathLike, limit: int | None
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest `checkpoint-N` in `output_dir` that was written to the end; the ones a crash cut
     short are skipped, with a warning."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    steps = []
-    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        suffix = path.name.rpartition("-")[2]
-        if path.is_dir() and suffix.isdigit():
-            steps.append((int(suffix), path))
-    for _, path in sorted(steps, reverse=True):
+    for path in reversed(numbered_checkpoints(output_dir)):
         if checkpoint_is_complete(path):
             return str(path)
         logger.warning("Skipping %s: it was not written to the end (the run stopped while saving it).", path)
@@ -147,7 +144,7 @@ class ImageClassificationTrainer(Trainer):
         self._gradient_norms: dict[str, float] = {}
         self.add_callback(_PlanCallback(self))
         if plan.freezes:
-            _keep_frozen_batch_norms_in_eval_mode(self.model, plan)
+            _keep_frozen_batch_norms_in_eval_mode(self.model)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -225,9 +222,13 @@ class ImageClassificationTrainer(Trainer):
         if model.training and self.mixer is not None and self.mixer.enabled:
             pixel_values, targets = self.mixer(pixel_values, labels)
         outputs = model(pixel_values=pixel_values)
-        weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
+        if self.class_weights is not None:  # moved once, kept there (a copy per step would sync)
+            self.class_weights = self.class_weights.to(outputs.logits.device)
         loss = nn.functional.cross_entropy(
-            outputs.logits.float(), targets, weight=weights, label_smoothing=self.args.label_smoothing_factor
+            outputs.logits.float(),
+            targets,
+            weight=self.class_weights,
+            label_smoothing=self.args.label_smoothing_factor,
         )
         if model.training and self.phylum_tap is not None:
             loss = loss + self.phylum_loss_weight * self._phylum_loss(model, labels, targets)
@@ -238,7 +239,7 @@ class ImageClassificationTrainer(Trainer):
 
     def _phylum_loss(self, model: nn.Module, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = getattr(self.accelerator.unwrap_model(model), AUXILIARY_HEAD)
-        mapping = self.family_to_phylum.to(labels.device)
+        mapping = self.family_to_phylum = self.family_to_phylum.to(labels.device)
         # Family targets (one-hot, smoothed or mixed) summed within each phylum.
         family_targets = (
             targets if targets.is_floating_point() else nn.functional.one_hot(labels, len(mapping)).float()
@@ -411,7 +412,7 @@ class ImageClassificationTrainer(Trainer):
             self.ema.copy_to(self.accelerator.unwrap_model(self.model))
 
 
-def _keep_frozen_batch_norms_in_eval_mode(model: nn.Module, plan: FinetunePlan) -> None:
+def _keep_frozen_batch_norms_in_eval_mode(model: nn.Module) -> None:
     """A frozen BatchNorm must not keep updating its running statistics in train mode."""
 
     def pre_hook(module: nn.Module, _inputs: Any) -> None:

@@ -5,7 +5,6 @@ Works unchanged under `accelerate launch` (Trainer runs on Accelerate); only the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
 from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
 from .finetuning import FinetunePlan, describe_plan
-from .hierarchy import label_to_phylum
+from .hierarchy import label_to_phylum, require_phylum_of
 from .hub import is_local_path
 from .metrics import build_compute_metrics
 from .model_card import base_model_license, card_dataset_id, write_model_card, write_training_summary
@@ -30,7 +29,12 @@ from .quality import drop_bad_images, handle_bad_rows
 from .regularization import Mixer, ModelEMA, class_weights
 from .sources import LABEL, DataSourceError, ImageData
 from .splits import ensure_validation_split, write_splits
-from .trainer import ImageClassificationTrainer, checkpoint_is_complete, last_complete_checkpoint
+from .trainer import (
+    ImageClassificationTrainer,
+    checkpoint_is_complete,
+    complete_checkpoints,
+    last_complete_checkpoint,
+)
 from .transforms import ExampleTransform, collate_examples, create_normalizer, create_transform
 
 logger = logging.getLogger(__name__)
@@ -136,6 +140,8 @@ def train(
     `concise_logs` replaces Trainer's per-step log dicts and metric tables with one line per epoch.
     `data` (already checked and split) replaces loading from `data_args`.
     """
+    if data_args.streaming:
+        check_streaming_arguments(training_args)
     if training_args.hierarchy == "experts":
         from .experts import train_experts
 
@@ -157,18 +163,14 @@ def train(
     processor = load_image_processor(
         model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
     )
-    if data_args.streaming:
-        check_streaming_arguments(training_args)
     checkpoint = checkpoint_to_resume(training_args.resume_from_checkpoint, output_dir)
     if data is None:
         with training_args.main_process_first(desc="loading and checking the data"):
             data = load_training_data(data_args, model_args, training_args, processor)
-    phylum_of = label_to_phylum(data)
-    if training_args.hierarchy == "multitask" and not phylum_of:
-        raise DataSourceError(
-            "--hierarchy multitask needs each label's phylum: a 'phylum' column, or class folders named "
-            "phylum_family (e.g. chordata_ardeidae)."
-        )
+    if training_args.hierarchy == "multitask":
+        phylum_of = require_phylum_of(data, "--hierarchy multitask")
+    else:
+        phylum_of = label_to_phylum(data)
 
     model = build_model(
         model_args.model_name_or_path,
@@ -317,6 +319,11 @@ def check_streaming_arguments(args: ClassifierTrainingArguments) -> None:
             f"--finetune_strategy {args.finetune_strategy} counts epochs, which a stream does not have; "
             "use full or linear_probe (with --layer_decay / --head_learning_rate) with --streaming."
         )
+    if args.hierarchy == "experts":
+        raise DataSourceError(
+            "--hierarchy experts trains one model per phylum on that phylum's images, which a stream cannot "
+            "be divided into up front; use --hierarchy multitask (or none) with --streaming."
+        )
     if args.class_weighting != "none" or args.balanced_sampler:
         raise DataSourceError(
             "--class_weighting and --balanced_sampler need the class counts up front, which a stream does "
@@ -351,7 +358,7 @@ def checkpoint_to_resume(requested: str | None, output_dir: Path) -> str | None:
     folder (as the transformers example scripts do), so rerunning the same command after a crash
     continues the run."""
     if requested is not None and requested.lower() in ("false", "no", "never", "none"):
-        if last_complete_checkpoint(output_dir):
+        if complete_checkpoints(output_dir):
             logger.warning(
                 "Starting afresh: the checkpoints in %s are not used and will be replaced.", output_dir
             )
@@ -375,8 +382,8 @@ def checkpoint_to_resume(requested: str | None, output_dir: Path) -> str | None:
     if not folder.is_dir():
         raise DataSourceError(f"--resume_from_checkpoint {requested}: no such folder.")
     if not checkpoint_is_complete(folder):
-        if last_complete_checkpoint(folder):  # a run folder: take its last complete checkpoint
-            return last_complete_checkpoint(folder)
+        if last := last_complete_checkpoint(folder):  # a run folder: take its last complete checkpoint
+            return last
         logger.warning(
             "%s is not marked complete (a run cut short while saving it, or another tool's checkpoint); "
             "resuming from it anyway.",
@@ -395,19 +402,16 @@ def describe_run(
 ) -> None:
     """Evaluate the saved model on validation (and test) into evaluation_<split>/, record the run in
     training_summary.json, and write the model card from what is now in the folder."""
-    from .evaluation import evaluate_model
+    from .evaluation import evaluate_splits
 
-    for split in ("validation", "test"):
-        if split in data.splits:
-            only = dataclasses.replace(data, splits=type(data.splits)({split: data.splits[split]}))
-            evaluate_model(
-                output_dir,
-                only,
-                output_dir / f"evaluation_{split}",
-                progress=False,
-                batch_size=training_args.per_device_eval_batch_size,
-                num_workers=training_args.dataloader_num_workers,
-            )
+    evaluate_splits(
+        output_dir,
+        data,
+        output_dir,
+        progress=False,
+        batch_size=training_args.per_device_eval_batch_size,
+        num_workers=training_args.dataloader_num_workers,
+    )
     checkpoint = model_args.model_name_or_path
     # The card names a Hub id only: a local folder's path is neither a Hub reference nor anyone's business.
     base_model = None if model_args.from_config or is_local_path(checkpoint) else checkpoint

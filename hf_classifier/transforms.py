@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from .images import DecodedImage, decode_image
+from .images import DecodedImage, ImageSource, decode_image
 from .sources import IMAGE, LABEL
 
 # JPEG drafts decode at least this much larger than the target, so that PIL's antialiased resize, not the
@@ -153,7 +153,7 @@ def resize_for_eval(image: Image.Image | DecodedImage, spec: PreprocessSpec) -> 
 def as_decoded(image: Image.Image | DecodedImage) -> DecodedImage:
     if isinstance(image, DecodedImage):
         return image
-    return DecodedImage(image, image.size, (float(image.width), float(image.height)))
+    return DecodedImage(image)
 
 
 def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -478,6 +478,12 @@ def create_normalizer(processor: Any) -> Normalize:
 # Datasets and batches
 
 
+def transform_source(transform: Callable[[Any], torch.Tensor], source: ImageSource) -> torch.Tensor:
+    """Decode `source` (a JPEG at the reduced scale `transform.draft_size` still covers, when it says
+    one) and apply `transform`."""
+    return transform(decode_image(source, getattr(transform, "draft_size", None)))
+
+
 class ExampleTransform:
     """`Dataset.set_transform` callable: opens each image robustly and applies `image_transform`."""
 
@@ -485,10 +491,7 @@ class ExampleTransform:
         self.image_transform = image_transform
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        draft = getattr(self.image_transform, "draft_size", None)
-        output = {
-            "pixel_values": [self.image_transform(decode_image(source, draft)) for source in batch[IMAGE]]
-        }
+        output = {"pixel_values": [transform_source(self.image_transform, source) for source in batch[IMAGE]]}
         if LABEL in batch:
             output["labels"] = batch[LABEL]
         return output

@@ -149,9 +149,11 @@ def write_shards(
     bad: tuple[int, ...] = (),
     png: tuple[int, ...] = (),
     unlabelled: tuple[int, ...] = (),
+    bmp: tuple[int, ...] = (),
 ) -> None:
-    """`split-00000.tar`, ...: each sample has .jpg (.png for the `png` ones), .cls (index) and .json
-    ({"family": name}); `bad` samples hold bytes that are no image, `unlabelled` ones have no label."""
+    """`split-00000.tar`, ...: each sample has .jpg (.png / .bmp for the `png` / `bmp` ones), .cls (index)
+    and .json ({"family": name}); `bad` samples hold bytes that are no image, `unlabelled` ones have no
+    label."""
     import io
     import json
     import tarfile
@@ -162,8 +164,8 @@ def write_shards(
             for i in range(start, min(samples, start + per_shard)):
                 label = i % len(SHARD_CLASSES)
                 seed = 1000 * (split == "train") + i
-                extension = "png" if i in png else "jpg"
-                image = tinted_jpeg(label, seed, "PNG" if i in png else "JPEG")
+                extension = "png" if i in png else "bmp" if i in bmp else "jpg"
+                image = tinted_jpeg(label, seed, {"png": "PNG", "bmp": "BMP"}.get(extension, "JPEG"))
                 files = {extension: b"not a jpeg" if i in bad else image}
                 if i in unlabelled:
                     files["json"] = json.dumps({"phylum": "arthropoda"}).encode()

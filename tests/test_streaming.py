@@ -173,7 +173,7 @@ def test_mixed_formats_unlabelled_samples_and_bad_validation_images(vit_checkpoi
 
     folder = tmp_path / "shards"
     # datasets infers the columns from the first 5 samples: the odd ones come later.
-    write_shards(folder, "train", 24, 12, png=(7, 11, 20))
+    write_shards(folder, "train", 24, 12, png=(7, 11, 20), bmp=(15,))
     write_shards(folder, "validation", 9, 9, png=(5,), unlabelled=(6,), bad=(8,))
     (folder / "classes.txt").write_text("\n".join(CLASSES))
 
@@ -187,7 +187,7 @@ def test_mixed_formats_unlabelled_samples_and_bad_validation_images(vit_checkpoi
     data = load("--skip_bad_images", "true")
     kept = data.splits["validation"][FILE_PATH]
     assert len(kept) == 7 and not any(key.endswith(("_00006", "_00008")) for key in kept)  # no label, bad
-    # PNG samples among JPEG ones are read from their own key.
+    # PNG and BMP samples among JPEG ones are read from their own key.
     assert sum(1 for sample in data.splits["train"] if sample["image"] is not None) == 24
     out = tmp_path / "run"
     train(
