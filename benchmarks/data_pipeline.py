@@ -9,7 +9,9 @@
 - epoch 1 (ours, first pass): `prepare`: JPEG draft decoding, shorter side to the stored size,
   stored in the Arrow cache (a fresh cache: nothing reused);
 - epoch 2.. (ours, later epochs): training inputs from the prepared copies: decode the stored copy,
-  random resized crop to image_size, flip -> uint8 tensor.
+  random resized crop to image_size, flip -> uint8 tensor;
+- presets (`--presets`): each augmentation preset's training transform, from the photos (raw: draft
+  decode every epoch) and from the prepared copies (`presets.<name>.raw_img_s` / `prepared_img_s`).
 
 Both sides use the same number of processes (`--processes`, default 1: images/s per core). Writes
 JSON with `naive_img_s`, `epoch1_img_s`, `epoch2_img_s` (and each later epoch), the ratios to naive,
@@ -63,6 +65,10 @@ class NaiveImages(Dataset):
         return np.asarray(image)
 
 
+def stack(batch: list[dict]) -> torch.Tensor:
+    return torch.stack([item["pixel_values"] for item in batch])
+
+
 def run_loader(dataset: Dataset, processes: int, collate=None) -> float:
     """Seconds to go through `dataset` once with `processes` worker processes (1 = the main process)."""
     loader = DataLoader(
@@ -88,6 +94,12 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=1, help="processes for both sides")
     parser.add_argument("--augmentation", default="light")
+    parser.add_argument(
+        "--presets",
+        default="none,light,medium,strong",
+        help="also time each preset's training transform, from the photos (raw) and from prepared copies; "
+        "'' to skip",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -130,17 +142,24 @@ def main() -> None:
         )
         results["epoch1_img_s"] = len(paths) / (time.perf_counter() - started)
         results["unreadable"] = len(bad)
+        unreadable = {row for row, _, _ in bad}
         if bad:
-            unreadable = {row for row, _, _ in bad}
             prepared = prepared.select([row for row in range(len(prepared)) if row not in unreadable])
-        prepared = prepared.with_transform(transform)
         for epoch in range(2, args.epochs + 1):
-            seconds = run_loader(
-                prepared,
-                args.processes,
-                collate=lambda batch: torch.stack([item["pixel_values"] for item in batch]),
-            )
+            seconds = run_loader(prepared.with_transform(transform), args.processes, collate=stack)
             results[f"epoch{epoch}_img_s"] = len(prepared) / seconds
+        # The cost per image of each augmentation preset, per process: from the photos themselves
+        # (draft decode every epoch) and from the prepared copies.
+        readable = split.select([row for row in range(len(split)) if row not in unreadable]) if bad else split
+        for preset in filter(None, args.presets.split(",")):
+            preset_transform = ExampleTransform(
+                ImageTransform(default_spec(args.image_size), get_preset(preset))
+            )
+            for source, images in (("raw", readable), ("prepared", prepared)):
+                seconds = run_loader(images.with_transform(preset_transform), args.processes, collate=stack)
+                results.setdefault("presets", {}).setdefault(preset, {})[f"{source}_img_s"] = (
+                    len(images) / seconds
+                )
 
     for key in [k for k in results if k.startswith("epoch")]:
         results[key.replace("_img_s", "_vs_naive")] = results[key] / results["naive_img_s"]

@@ -75,14 +75,23 @@ def forward_only(folder: Path, batch_size: int, images: int, precision: str) -> 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
         model(pixel_values=batch)  # warm-up
+        synchronize(device)  # the clock starts when the warm-up has run, not when it was queued
         started = time.perf_counter()
         done = 0
         while done < images:
             model(pixel_values=batch)
             done += batch_size
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(device)  # ...and stops when the last batch has run
     return done / (time.perf_counter() - started)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (GPU kernels run asynchronously to the host)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def main() -> None:
@@ -125,9 +134,12 @@ def main() -> None:
                 model=str(folder),
                 device="cuda" if torch.cuda.is_available() else "cpu",
             )
+            classifier(paths[0])  # warm-up, as the other sides get
+            synchronize(classifier.device)
             started = time.perf_counter()
             for path in paths:
                 classifier(path)
+            synchronize(classifier.device)
             per_image = len(paths) / (time.perf_counter() - started)
 
             row = {"model": name, "pipeline_loop_img_s": per_image}
@@ -137,6 +149,7 @@ def main() -> None:
                     folder, args.batch_size, len(paths), precision
                 )
             for precision in args.precisions.split(","):
+                synchronize(classifier.device)
                 started = time.perf_counter()
                 summary = predict(
                     str(folder),
@@ -146,6 +159,7 @@ def main() -> None:
                     num_workers=args.workers,
                     precision=precision,
                 )
+                synchronize(classifier.device)
                 batched = len(paths) / (time.perf_counter() - started)
                 if summary.errors:
                     raise SystemExit(

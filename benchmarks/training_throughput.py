@@ -8,6 +8,8 @@ costs) and against an example-script-style loop, in one run, through the same Tr
 Models are built from configs at 224 px (random weights, nothing downloaded):
 - ours: prepared copies (`--prepare`), our train transform in `--workers` DataLoader workers, uint8
   batches normalised on the device, bf16 / TF32 / channels_last / fused AdamW by their automatic defaults;
+  `prepared-<preset>` / `raw-<preset>` (e.g. `raw-strong`): another augmentation preset, from prepared
+  copies or from the photos themselves (draft-decoded every epoch); `ours` = `prepared-light`;
 - synthetic: the same Trainer fed one in-memory uint8 batch, repeated (no decoding at all);
 - example-script: the image processor on fully decoded photos in the main process (0 workers), as
   transformers' run_image_classification.py does by default.
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -49,6 +53,18 @@ MODELS = {
         lambda: ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
         lambda: ConvNextImageProcessor(size={"shortest_edge": 224}),
     ),
+    # A 32-px two-block ViT: for smoke runs of the benchmarks themselves (tests), not for figures.
+    "vit-test": (
+        lambda: ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        lambda: ViTImageProcessor(size={"height": 32, "width": 32}),
+    ),
 }
 
 
@@ -70,12 +86,12 @@ def peak_flops() -> tuple[float, str]:
     return 2 * 4096**3 / best, "best measured float32 4096x4096 matmul rate of this CPU (indicative only)"
 
 
-def forward_flops(model: torch.nn.Module) -> float:
+def forward_flops(model: torch.nn.Module, image_size: int = 224) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(pixel_values=torch.randn(1, 3, 224, 224, device=next(model.parameters()).device))
+        model(pixel_values=torch.randn(1, 3, image_size, image_size, device=next(model.parameters()).device))
     return float(counter.get_total_flops())
 
 
@@ -94,11 +110,35 @@ class StepTimer(TrainerCallback):
             self.steps += 1
 
     def images_per_second(self) -> float:
+        if self.started is None or self.steps == 0:
+            raise SystemExit(
+                f"No step was timed (warm-up {self.warmup} steps): the run made too few steps; raise --steps."
+            )
         return self.steps * self.batch / (time.perf_counter() - self.started)
 
 
-def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, work: Path) -> float:
-    """Images/s of `mode` for `model_name`, through our Trainer, after two warm-up steps."""
+def repeated_to(dataset: Any, rows: int) -> Any:
+    """`dataset` repeated until it holds `rows` rows. The timed run is then one epoch: with
+    `dataloader_drop_last`, a data set smaller than the batch would give no step at all, and an epoch
+    boundary every few steps would charge the loader's restart to every step."""
+    if len(dataset) >= rows:
+        return dataset
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([dataset] * math.ceil(rows / len(dataset)))
+
+
+def run(
+    mode: str,
+    model_name: str,
+    data_dir: str,
+    args: argparse.Namespace,
+    work: Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> float:
+    """Images/s of `mode` for `model_name`, through our Trainer, after two warm-up steps.
+
+    `args` needs `steps`, `batch_size` and `workers`; `callbacks` are added to the Trainer's."""
     from PIL import Image
     from torch.utils.data import Dataset
 
@@ -113,6 +153,7 @@ def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, wor
         collate_examples,
         create_normalizer,
         create_transform,
+        spec_from_processor,
     )
 
     config_factory, processor_factory = MODELS[model_name]
@@ -141,7 +182,8 @@ def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, wor
     )
     normalizer, collate = create_normalizer(processor), collate_examples
     if mode == "synthetic":  # one in-memory uint8 batch, repeated: free data
-        example = {"pixel_values": torch.randint(0, 255, (3, 224, 224), dtype=torch.uint8), "labels": 1}
+        height, width = spec_from_processor(processor).output_size
+        example = {"pixel_values": torch.randint(0, 255, (3, height, width), dtype=torch.uint8), "labels": 1}
 
         class Repeated(Dataset):
             def __len__(self):
@@ -151,10 +193,12 @@ def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, wor
                 return example
 
         dataset = Repeated()
-    elif mode == "ours":
-        data, _ = prepare_data(data, stored_size_for(processor), cache_dir=work / "cache")
-        dataset = data.splits["train"].with_transform(
-            ExampleTransform(create_transform(processor, training=True, augmentation="light"))
+    elif mode != "example-script":  # ours: [prepared|raw]-<preset>; plain "ours" is prepared-light
+        source, _, preset = (mode if mode != "ours" else "prepared-light").partition("-")
+        if source == "prepared":
+            data, _ = prepare_data(data, stored_size_for(processor), cache_dir=work / "cache")
+        dataset = repeated_to(data.splits["train"], args.batch_size * (args.steps + 2)).with_transform(
+            ExampleTransform(create_transform(processor, training=True, augmentation=preset))
         )
     else:  # example-script: the processor on fully decoded PIL images, in the main process
 
@@ -165,7 +209,9 @@ def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, wor
                 "labels": batch[LABEL],
             }
 
-        dataset = data.splits["train"].with_transform(transform)
+        dataset = repeated_to(data.splits["train"], args.batch_size * (args.steps + 2)).with_transform(
+            transform
+        )
         normalizer = Normalize(None)  # the processor already normalised
     timer = StepTimer(warmup=2, batch=args.batch_size)
     trainer = ImageClassificationTrainer(
@@ -176,7 +222,7 @@ def run(mode: str, model_name: str, data_dir: str, args: argparse.Namespace, wor
         normalizer=normalizer,
         plan=finetune_plan(model, training_args),
         channels_last=channels_last,
-        callbacks=[timer],
+        callbacks=[timer, *(callbacks or [])],
     )
     trainer.train()
     return timer.images_per_second()
@@ -211,7 +257,9 @@ def main() -> None:
         work = Path(tmp)
         for model_name in args.models.split(","):
             model = MODELS[model_name][0]()
-            flops = 3 * forward_flops(AutoModelForImageClassification.from_config(model))
+            flops = 3 * forward_flops(
+                AutoModelForImageClassification.from_config(model), getattr(model, "image_size", 224)
+            )
             for mode in args.modes.split(","):
                 images_per_second = run(mode, model_name, args.data_dir, args, work)
                 results["rows"].append(
@@ -225,6 +273,9 @@ def main() -> None:
                 )
                 print(json.dumps(results["rows"][-1]), flush=True)
     by = {(r["model"], r["mode"]): r["images_per_second"] for r in results["rows"]}
+    for row in results["rows"]:  # what the data path costs against free data, per mode
+        if row["mode"] != "synthetic" and (row["model"], "synthetic") in by:
+            row["loader_overhead"] = 1 - row["images_per_second"] / by[(row["model"], "synthetic")]
     for model_name in args.models.split(","):
         if (model_name, "synthetic") in by and (model_name, "ours") in by:
             results[f"{model_name}_loader_gap"] = 1 - by[(model_name, "ours")] / by[(model_name, "synthetic")]

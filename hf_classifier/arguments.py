@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .images import available_cpus
 from .sources import ImageData, load_image_data
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -243,11 +246,71 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+def cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """The container's CPU limit (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), rounded up; None
+    when there is none. `docker run --cpus 4` on a 64-core host leaves the affinity mask at 64."""
+    root = Path(root)
+    try:
+        if (root / "cpu.max").is_file():
+            quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+            if quota == "max":
+                return None
+            return max(1, -(-int(quota) // int(period or 100_000)))
+        v1 = root / "cpu"
+        if (v1 / "cpu.cfs_quota_us").is_file():
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+            return max(1, -(-quota // period)) if quota > 0 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def default_num_workers() -> int:
-    """The CPUs available, shared among the training processes on this machine (torchrun and
-    accelerate set LOCAL_WORLD_SIZE): 8 processes on 64 cores get 8 workers each, not 64."""
+    """Loader workers per process: the CPUs this process may use (affinity mask and container quota),
+    shared among the training processes on this machine (torchrun and accelerate set
+    LOCAL_WORLD_SIZE), less one per process for the main process (the model's step, and the thread
+    that pins batches). 8 processes on 64 cores get 7 workers each."""
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    return max(1, available_cpus() // local_processes)
+    cpus = min(available_cpus(), cpu_quota() or available_cpus())
+    return max(1, cpus // local_processes - 1)
+
+
+# A training batch in shared memory: uint8 RGB at the usual 224 x 224 (larger inputs need more).
+BYTES_PER_IMAGE = 3 * 224 * 224
+
+
+def shared_memory_free(path: str = "/dev/shm") -> int | None:
+    """Free bytes in /dev/shm, through which loader workers hand their batches over (None: no such mount)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def default_batch_size() -> int:
+    """32 on a CPU; on a GPU, larger where the memory allows (32 images keep a big GPU launch-bound)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 32
+    # This process's own GPU: reading another's properties would not create a context there, but be exact.
+    memory_gib = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK") or 0)).total_memory / 2**30
+    return 128 if memory_gib >= 64 else 64 if memory_gib >= 20 else 32
+
+
+def sharding_backend(args: TrainingArguments) -> str | None:
+    """The sharding backend, "deepspeed", "fsdp1" or "fsdp2", when the run shards the model (set by `accelerate launch` through
+    the environment, or by the --deepspeed / --fsdp flags); None otherwise."""
+    if args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
+        version = os.environ.get("FSDP_VERSION") or config.get("version") or config.get("fsdp_version") or 1
+        return f"fsdp{int(version)}"
+    return None
 
 
 @dataclass
@@ -259,8 +322,9 @@ class ClassifierTrainingArguments(TrainingArguments):
     )
     num_train_epochs: float = _training_field("num_train_epochs", 5.0)
     learning_rate: float = _training_field("learning_rate", 5e-5)
-    per_device_train_batch_size: int = _training_field("per_device_train_batch_size", 32)
-    per_device_eval_batch_size: int = _training_field("per_device_eval_batch_size", 64)
+    # None = from the device: 32 (eval 64) on a CPU, up to 128 (eval 256) on a GPU (default_batch_size).
+    per_device_train_batch_size: int | None = _training_field("per_device_train_batch_size", None)
+    per_device_eval_batch_size: int | None = _training_field("per_device_eval_batch_size", None)
     lr_scheduler_type: str = _training_field("lr_scheduler_type", "cosine")
     warmup_steps: float = _training_field("warmup_steps", 0.1)
     weight_decay: float = _training_field("weight_decay", 0.05)
@@ -269,6 +333,8 @@ class ClassifierTrainingArguments(TrainingArguments):
     logging_steps: float = _training_field("logging_steps", 20)
     save_total_limit: int | None = _training_field("save_total_limit", 2)
     load_best_model_at_end: bool = _training_field("load_best_model_at_end", True)
+    # One push of the finished model: see _check_hub_strategy.
+    hub_strategy: str = _training_field("hub_strategy", "end")
     metric_for_best_model: str | None = _training_field("metric_for_best_model", "f1_macro")
     greater_is_better: bool | None = _training_field("greater_is_better", True)
     # The image column must survive until our transform turns it into pixel_values.
@@ -373,27 +439,167 @@ class ClassifierTrainingArguments(TrainingArguments):
             # Several processes on a machine without GPUs (accelerate launch / torchrun): Accelerate
             # forms a gloo process group only when told to use the CPU.
             self.use_cpu = True
+        self._choose_device_defaults()
+        self._check_sharded_training()  # before Trainer sets up DeepSpeed / FSDP
+        super().__post_init__()
+        # Trainer would drop the `image` column before our on-the-fly transform sees it.
+        self.remove_unused_columns = False
+        self._configure_loader_and_processes()
+        for name in ("mixup_alpha", "cutmix_alpha", "ema_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        self._check_report_to()
+        self._check_hub_strategy()
+
+    def _choose_device_defaults(self) -> None:
+        """Precision, batch sizes and loader settings that depend on the device (before Trainer's checks)."""
         gpu = not self.use_cpu and _cuda_available()
         if self.bf16 is None:
             self.bf16 = gpu and not self.fp16 and _cuda_bf16()
         if self.tf32 is None and gpu and _cuda_capability() >= (8, 0):
             self.tf32 = True
+        device_batch = default_batch_size() if gpu else 32
+        if self.per_device_train_batch_size is None:
+            self.per_device_train_batch_size = device_batch
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = 2 * device_batch
+        if self.dataloader_num_workers > 0:
+            self._fit_batches_in_shared_memory()
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False  # both need worker processes
             self.dataloader_prefetch_factor = None
-        super().__post_init__()
-        # Trainer would drop the `image` column before our on-the-fly transform sees it.
-        self.remove_unused_columns = False
+
+    def _fit_batches_in_shared_memory(self) -> None:
+        """Loader workers hand their batches over through /dev/shm (Docker's default is 64 MB): when
+        workers x prefetched batches x batch size do not fit, prefetch less, then use fewer workers, and
+        say how to give the container more."""
+        free = shared_memory_free()
+        if free is None:
+            return
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))  # all share this machine's /dev/shm
+        batch_bytes = self.per_device_train_batch_size * BYTES_PER_IMAGE * processes
+        workers, prefetch = self.dataloader_num_workers, self.dataloader_prefetch_factor or 2
+        if workers * prefetch * batch_bytes <= free:
+            return
+        while prefetch > 1 and workers * prefetch * batch_bytes > free:
+            prefetch -= 1
+        while workers > 0 and workers * prefetch * batch_bytes > free:
+            workers -= 1
+        logger.warning(
+            "/dev/shm has %d MB free, too little for %d loader workers x %d prefetched batches of %d images "
+            "per process (x %d processes); using %d workers x %d batches instead. Give the container more "
+            "shared memory (docker run --shm-size 8g) or pass fewer --dataloader_num_workers.",
+            free // 2**20,
+            self.dataloader_num_workers,
+            self.dataloader_prefetch_factor or 2,
+            self.per_device_train_batch_size,
+            processes,
+            workers,
+            prefetch,
+        )
+        self.dataloader_num_workers = workers
+        self.dataloader_prefetch_factor = prefetch if workers else None
+
+    def _configure_loader_and_processes(self) -> None:
+        """Host-device copies, per-step syncs and the DDP settings (after Trainer's own post-init)."""
         if self.dataloader_pin_memory and not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning helps host-to-GPU copies only
-        if self.ddp_find_unused_parameters is None:
+        if self.dataloader_pin_memory:
+            # Accelerate copies batches with a blocking copy unless told that they are pinned.
+            self.accelerator_config.non_blocking = True
+        # Trainer's NaN/inf filter reads every micro-batch's loss on the host (a sync per step); our
+        # trainer keeps its own non-finite flag on the device and stops the run on it.
+        self.logging_nan_inf_filter = False
+        if self.ddp_find_unused_parameters is None and self.finetune_strategy != "full":
             # Frozen parameters get no gradient; DDP must expect that (they were registered trainable).
-            # Otherwise every parameter is used, and the extra graph traversal per step is waste
-            # (Trainer's own default turns it on for every model).
-            self.ddp_find_unused_parameters = self.finetune_strategy != "full"
-        for name in ("mixup_alpha", "cutmix_alpha", "ema_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+            # For `full`, training decides from the model (`modeling.parameters_without_gradient`).
+            self.ddp_find_unused_parameters = True
+
+    def _check_sharded_training(self) -> None:
+        """Refuse, before any data is read, what DeepSpeed / FSDP runs cannot do here."""
+        backend = sharding_backend(self)
+        if backend is None:
+            return
+        if backend == "fsdp1":
+            raise OptionError(
+                "FSDP version 1 is not supported: it renames or flattens the parameters that the fine-tuning "
+                "plan groups by name; set fsdp_version: 2 (configs/accelerate/fsdp.yaml) or use DDP "
+                "(configs/accelerate/ddp.yaml)."
+            )
+        name = "DeepSpeed" if backend == "deepspeed" else "FSDP"
+        if self.finetune_strategy != "full":
+            raise OptionError(
+                f"--finetune_strategy {self.finetune_strategy} freezes and unfreezes parameters during "
+                f"training, after {name} has fixed the set it trains; use --finetune_strategy full (with --layer_decay / "
+                f"--head_learning_rate) under {name}, or DDP (configs/accelerate/ddp.yaml) to freeze."
+            )
+        if backend == "fsdp2" and self.ema_decay > 0:
+            raise OptionError(
+                "--ema_decay is not supported under FSDP (the average would be of sharded weights); use DDP "
+                "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml)."
+            )
+        if backend == "fsdp2" and self.hierarchy == "multitask":
+            raise OptionError(
+                "--hierarchy multitask is not supported under FSDP (its head is checkpointed beside the sharded "
+                "model); use DDP (configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 "
+                "(configs/accelerate/deepspeed_zero2.yaml)."
+            )
+
+    def _check_report_to(self) -> None:
+        """Every `--report_to` integration must be installed: Trainer would fail only after the data
+        were loaded and checked."""
+        from transformers.integrations import integration_utils
+
+        for name in self.report_to or []:
+            if name not in REPORT_TO_PACKAGES:
+                raise OptionError(
+                    f"--report_to {name} is not an integration transformers knows; use one of "
+                    f"{', '.join(sorted(REPORT_TO_PACKAGES))}, or none."
+                )
+            check, package = REPORT_TO_PACKAGES[name]
+            if not getattr(integration_utils, check)():
+                extra = (
+                    f' (the hf-classifier[{name}] extra: pip install -e ".[{name}]" in a checkout)'
+                    if name in REPORT_TO_EXTRAS
+                    else ""
+                )
+                raise OptionError(
+                    f"--report_to {name} needs the {package} package, which is not installed: pip install "
+                    f"{package}{extra}, or leave {name} out of --report_to."
+                )
+
+    def _check_hub_strategy(self) -> None:
+        """We push one curated upload set (model, processor, card) when training ends; pushing each
+        checkpoint (transformers' every_save / checkpoint / all_checkpoints) is refused, not ignored."""
+        strategy = str(getattr(self.hub_strategy, "value", self.hub_strategy))
+        if strategy != "end":
+            raise OptionError(
+                f"--hub_strategy {strategy} is not supported: hf_classifier pushes the finished model "
+                "(weights, processor, model card) once, at the end of training (--hub_strategy end, the "
+                "default); pass --hub_strategy end, or push later with `hf-classifier push OUTPUT_DIR "
+                "--repo_id USER/NAME`."
+            )
+
+
+# --report_to name -> (transformers' availability check, the package to install)
+REPORT_TO_PACKAGES = {
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "comet_ml": ("is_comet_available", "comet-ml"),
+    "dagshub": ("is_dagshub_available", "dagshub"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "flyte": ("is_flytekit_available", "flytekit"),
+    "kubeflow": ("is_kubeflow_available", "kubeflow"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "wandb": ("is_wandb_available", "wandb"),
+}
+# Integrations with an extra in pyproject.toml (`pip install "hf-classifier[wandb]"`).
+REPORT_TO_EXTRAS = ("mlflow", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -470,26 +676,166 @@ def config_file_to_argv(path: str | Path) -> list[str]:
 
 
 def expand_config_file(argv: list[str]) -> list[str]:
-    """`train config.yaml --learning_rate 1e-4` -> the config's flags followed by the overrides."""
+    """`train config.yaml --learning_rate 1e-4` or `train --config config.yaml --learning_rate 1e-4`
+    -> the config's flags followed by the other flags, which therefore override it."""
+    argv = list(argv)
+    config: str | None = None
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        if not Path(argv[0]).is_file():
-            raise OptionError(f"Config file {argv[0]} does not exist")
-        return config_file_to_argv(argv[0]) + argv[1:]
-    return argv
+        config = argv.pop(0)
+    for index, token in enumerate(argv):
+        if token == "--config" or token.startswith("--config="):
+            if config is not None:
+                raise OptionError("Give one config file (positional or --config FILE), not two.")
+            if token == "--config":
+                if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
+                    raise OptionError("--config needs a file: --config configs/vit.yaml")
+                config = argv[index + 1]
+                del argv[index : index + 2]
+            else:
+                config = token.partition("=")[2]
+                del argv[index]
+            break
+    if config is None:
+        return argv
+    if not Path(config).is_file():
+        raise OptionError(f"Config file {config} does not exist")
+    return config_file_to_argv(config) + argv
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The argument names set explicitly on the command line or in the config file (`--no_x` sets x)."""
+    names = set()
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].partition("=")[0].replace("-", "_")
+            names.add(name)
+            if name.startswith("no_"):
+                names.add(name[3:])
+    return names
+
+
+def _strategy(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def couple_evaluation_to_saving(parser: HfArgumentParser, argv: list[str]) -> list[str]:
+    """With `--load_best_model_at_end` (our default) every checkpoint needs an evaluation. When the
+    user sets only the saving schedule, evaluation follows it (and the other way round), and the log
+    says so; when both are set and clash, the error names the flags to change. Returns `argv` with
+    the following flags appended."""
+    namespace, _ = parser.parse_known_args(argv)
+    if not getattr(namespace, "load_best_model_at_end", False):
+        return argv
+    given = given_flags(argv)
+    save, evaluate = _strategy(namespace.save_strategy), _strategy(namespace.eval_strategy)
+    save_steps, eval_steps = namespace.save_steps, namespace.eval_steps or namespace.logging_steps
+    if save == "best":
+        return argv
+    added: list[str] = []
+    if save != evaluate:
+        save_given, eval_given = "save_strategy" in given, "eval_strategy" in given
+        if "no" in (save, evaluate) and "load_best_model_at_end" not in given:
+            # Nothing to choose the best from: the final model is the last one.
+            logger.info(
+                "--%s no: the model at the end of training is kept (--load_best_model_at_end off).",
+                "save_strategy" if save == "no" else "eval_strategy",
+            )
+            return [*argv, "--load_best_model_at_end", "false"]
+        if save_given == eval_given or "no" in (save, evaluate):
+            raise OptionError(
+                f"--save_strategy {save} and --eval_strategy {evaluate} clash: --load_best_model_at_end "
+                "(on by default) chooses among the saved checkpoints by their evaluation, so both must "
+                "follow the same schedule. Give --eval_strategy the value of --save_strategy (with "
+                "--eval_steps dividing --save_steps), or pass --load_best_model_at_end false."
+            )
+        if save_given:
+            evaluate = save
+            added += ["--eval_strategy", save]
+            if save == "steps" and "eval_steps" not in given:
+                eval_steps = save_steps
+                added += ["--eval_steps", _number(save_steps)]
+        else:
+            save = evaluate
+            added += ["--save_strategy", evaluate]
+            if evaluate == "steps" and "save_steps" not in given:
+                save_steps = eval_steps
+                added += ["--save_steps", _number(eval_steps)]
+    if save == evaluate == "steps" and save_steps >= 1 and eval_steps >= 1 and save_steps % eval_steps:
+        if "eval_steps" not in given:
+            added += ["--eval_steps", _number(save_steps)]
+        elif "save_steps" not in given:
+            added += ["--save_steps", _number(eval_steps)]
+        else:
+            raise OptionError(
+                f"--save_steps {_number(save_steps)} is not a multiple of --eval_steps {_number(eval_steps)}: "
+                "--load_best_model_at_end (on by default) needs an evaluation at every save. Change "
+                "--save_steps or --eval_steps, or pass --load_best_model_at_end false."
+            )
+    if added:
+        logger.info(
+            "%s, to match the flags given: --load_best_model_at_end (on by default) needs an evaluation "
+            "at every save (pass both flags, or --load_best_model_at_end false, to choose otherwise).",
+            " ".join(added),
+        )
+    return [*argv, *added]
+
+
+# Flags naming a folder we write into, and flags naming a file we write.
+OUTPUT_FOLDER_FLAGS = ("output_dir", "cache_dir", "prepared_cache_dir", "dry_run")
+OUTPUT_FILE_FLAGS = ("output",)
+
+
+def check_output_paths(parsed: tuple[Any, ...]) -> None:
+    """Refuse output paths that cannot be written (a file where a folder is needed, or the other way
+    round) before anything is read or trained."""
+    for values in parsed:
+        for name in OUTPUT_FOLDER_FLAGS + OUTPUT_FILE_FLAGS:
+            value = getattr(values, name, None)
+            if not isinstance(value, str) or not value:
+                continue
+            path = Path(value)
+            if name in OUTPUT_FILE_FLAGS and path.is_dir():
+                raise OptionError(f"--{name} {value} is a folder; pass a file name (e.g. {path / 'out'}).")
+            if name in OUTPUT_FOLDER_FLAGS and path.exists() and not path.is_dir():
+                raise OptionError(
+                    f"--{name} {value} is a file, not a folder; pass a folder (it is created if missing)."
+                )
+            blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                raise OptionError(f"--{name} {value}: {blocking} is a file, not a folder; pick another path.")
+
+
+class _OneLineErrorParser(HfArgumentParser):
+    """argparse prints the whole usage (hundreds of lines for train) before its message: raise the
+    message instead, so the CLI prints it on one line (`--help` still shows the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise OptionError(f"{message} (see --help)")
 
 
 def parse_args(
     dataclass_types: tuple[type, ...], argv: list[str], prog: str | None = None
 ) -> tuple[Any, ...]:
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+    """Parse flags (and a config file, positional or `--config FILE`) into the dataclasses; every
+    problem is an `OptionError` naming the flag."""
+    # No abbreviations: `--model` must not silently mean --model_name_or_path (and the flags the user
+    # gave are then exactly the names written).
+    parser = _OneLineErrorParser(dataclass_types, prog=prog, allow_abbrev=False)
     try:
-        return parser.parse_args_into_dataclasses(
-            args=expand_config_file(list(argv)), look_for_args_file=False
-        )
+        argv = expand_config_file(list(argv))
+        if any(issubclass(kind, TrainingArguments) for kind in dataclass_types):
+            argv = couple_evaluation_to_saving(parser, argv)
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except OptionError:
         raise
     except ValueError as error:  # the dataclasses' checks (ours and TrainingArguments'): bad options
         raise OptionError(str(error)) from error
+    check_output_paths(parsed)
+    return parsed
 
 
 def field_names(dataclass_type: type) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -59,11 +60,11 @@ def predict_command(argv: list[str]) -> int:
 
 
 def push_command(argv: list[str]) -> int:
-    from .arguments import PushArguments, parse_args
+    from .arguments import CONFIG_FILE_SUFFIXES, PushArguments, parse_args
     from .publish import collect_upload_set, push_model_folder
 
-    # `push DIR --repo_id ...`: the folder may come first, without a flag.
-    if argv and not argv[0].startswith("-"):
+    # `push DIR --repo_id ...`: the folder may come first, without a flag (a config file may too).
+    if argv and not argv[0].startswith("-") and not argv[0].endswith(CONFIG_FILE_SUFFIXES):
         argv = ["--model_dir", argv[0], *argv[1:]]
     (args,) = parse_args((PushArguments,), argv, prog="hf-classifier push")
     files = collect_upload_set(args.model_dir)
@@ -307,12 +308,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - user-facing errors get a message, not a traceback
         if not is_user_error(error):
             raise
-        print(f"hf-classifier {argv[0]}: error: {error}", file=sys.stderr)
+        print(f"hf-classifier {argv[0]}: error: {user_error_message(error)}", file=sys.stderr)
         return 1
 
 
+def user_error_message(error: BaseException) -> str:
+    """The one-line message for a user error: a full disk or a denied permission names the path."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return (
+            f"no space left on the disk{where}. Free some space, or write to another disk "
+            "(--output_dir, --cache_dir / --prepared_cache_dir for prepared images), then run the same "
+            "command again: finished work is kept and reused."
+        )
+    if isinstance(error, PermissionError):
+        return f"permission denied: {error.filename or error}. Choose a path you can write to or read."
+    return str(error)
+
+
 def is_user_error(error: BaseException) -> bool:
-    """Errors caused by the input (data, files, options, network) rather than by a bug."""
+    """Errors caused by the input (data, files, options, network, a full disk) rather than by a bug."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES):
+        return True
     from .arguments import OptionError
     from .hub import HubUnavailableError
     from .images import BadImageError

@@ -140,21 +140,13 @@ def evaluate_model(
     precision: str = "auto",
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate `model` (a model or experts folder) on every image of every split of `data`."""
-    output_dir = Path(output_dir)
+    """Evaluate `model` (a model or experts folder) on every image of every split of `data`. Under
+    several processes (`distributed`), the main process gets the report and writes it; the others
+    return an empty one."""
     predictor = load_predictor(model)
-    model_labels = list(predictor.labels)
-    index_of = {label: i for i, label in enumerate(model_labels)}
-    true_names = [
-        name
-        for split in data.splits.values()
-        for name in (split.features[LABEL].int2str(i) for i in split[LABEL])
-    ]
-    sources = _image_sources(data)
-    ids = _ids(data)
     probabilities, errors = classify(
         predictor,
-        sources,
+        _image_sources(data),
         batch_size=batch_size,
         device=device,
         num_workers=num_workers,
@@ -162,7 +154,53 @@ def evaluate_model(
         precision=precision,
         progress=progress,
         distributed=distributed,
+        top_k=TOP_K,  # all that the report uses: the argmax and the top-5 accuracy
     )
+    if not is_main_process():  # the rows were gathered to the main process only
+        return {}
+    return report_predictions(
+        probabilities,
+        errors,
+        data,
+        output_dir,
+        labels=list(predictor.labels),
+        phylum_of=predictor.phylum_of or label_to_phylum(data),
+        model_name=str(model),
+        tta=tta,
+        max_misclassified=max_misclassified,
+    )
+
+
+def report_predictions(
+    probabilities: np.ndarray,
+    errors: Sequence[str],
+    data: ImageData,
+    output_dir: str | Path,
+    *,
+    labels: Sequence[str],
+    phylum_of: dict[str, str] | None,
+    model_name: str,
+    tta: str = "none",
+    max_misclassified: int = 48,
+) -> dict[str, Any]:
+    """metrics.json, the reports and the pictures in `output_dir`, from a model's probabilities over
+    `labels` for every image of every split of `data`, in order (NaN rows where `errors` names why
+    an image could not be read). `evaluate` feeds it the predictions it computes; `train` the ones
+    its final evaluation computed, so that every figure of a run comes from one pass."""
+    output_dir = Path(output_dir)
+    model_labels = list(labels)
+    index_of = {label: i for i, label in enumerate(model_labels)}
+    true_names = [
+        name
+        for split in data.splits.values()
+        for name in (split.features[LABEL].int2str(i) for i in split[LABEL])
+    ]
+    if len(probabilities) != len(true_names) or len(errors) != len(true_names):
+        raise ValueError(
+            f"{len(probabilities)} predictions and {len(errors)} error entries for {len(true_names)} images."
+        )
+    sources = _image_sources(data)
+    ids = _ids(data)
 
     unknown = Counter(name for name in true_names if name not in index_of)
     if unknown:
@@ -178,18 +216,17 @@ def evaluate_model(
     ]
     if not scored:
         raise DataSourceError(
-            f"No image could be scored with {model}: of {len(true_names)} listed, "
+            f"No image could be scored with {model_name}: of {len(true_names)} listed, "
             f"{sum(1 for e in errors if e)} could not be read and {sum(unknown.values())} have labels the "
             f"model does not know (e.g. {', '.join(sorted(unknown)[:3]) or '-'}; it knows "
             f"{', '.join(model_labels[:3])}, ...). Check --label_column and the data's paths."
         )
     y_true = np.array([index_of[true_names[i]] for i in scored])
     probs = probabilities[scored]
-    phylum_of = predictor.phylum_of or label_to_phylum(data)
     report = classification_report(y_true, probs, model_labels, phylum_of)
     report.update(
         {
-            "model": str(model),
+            "model": model_name,
             "tta": tta,
             "images_listed": len(true_names),
             "unreadable": sum(1 for e in errors if e),
@@ -197,8 +234,6 @@ def evaluate_model(
         }
     )
 
-    if not is_main_process():  # every process has the full report; one writes it
-        return report
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / METRICS_FILE, report)
     _write_classification_report(output_dir / "classification_report.csv", report)

@@ -8,6 +8,7 @@ files are recognised by content, never by extension. PIL's decompression-bomb gu
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import struct
@@ -26,6 +27,7 @@ BACKGROUND_RGB = (255, 255, 255)
 EXIF_ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+MAX_ASPECT_RATIO = 20  # longer side / shorter side beyond which an image is refused by the check
 
 
 class BadImageError(Exception):
@@ -172,11 +174,17 @@ def image_errors(source: ImageSource) -> Iterator[None]:
         raise BadImageError(name, "file not found") from error
     except IsADirectoryError as error:
         raise BadImageError(name, "is a directory, not an image file") from error
+    except PermissionError as error:
+        raise BadImageError(name, "permission denied (make it readable, e.g. chmod a+r)") from error
     except UnidentifiedImageError as error:
         raise BadImageError(name, _unidentified_reason(source)) from error
     except Image.DecompressionBombError as error:
         raise BadImageError(name, f"too large to decode safely ({error})") from error
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise BadImageError(name, f"cannot be decoded ({error})") from error
+        raise BadImageError(name, "symbolic link loop (the link points back to itself)") from error
+    except (SyntaxError, ValueError, EOFError, struct.error) as error:
         raise BadImageError(name, f"cannot be decoded ({error})") from error
 
 
@@ -225,7 +233,42 @@ def _unidentified_reason(source: ImageSource) -> str:
             pass
     elif isinstance(source, (bytes, bytearray)) and len(source) == 0:
         return "empty file (0 bytes)"
+    if is_heif(source):
+        return (
+            "HEIC/HEIF image, which Pillow reads only with the pillow-heif plugin: pip install pillow-heif "
+            "(the hf-classifier[heif] extra), or convert it to JPEG"
+        )
     return "not an image (content not recognised by Pillow)"
+
+
+# ISO-BMFF brands of HEIC/HEIF stills and sequences (iPhone photos): bytes 8-12 after "ftyp".
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def is_heif(source: ImageSource) -> bool:
+    """True for HEIC/HEIF content (by its file-type box, whatever the name says)."""
+    try:
+        if isinstance(source, dict):
+            source = source.get("bytes") or source.get("path") or b""
+        if isinstance(source, (bytes, bytearray)):
+            head = bytes(source[:12])
+        else:
+            with open(source, "rb") as handle:
+                head = handle.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def _register_heif_opener() -> None:
+    """HEIC photos open like any other image when pillow-heif is installed (optional extra)."""
+    with contextlib.suppress(ImportError):
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+
+
+_register_heif_opener()
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND_RGB) -> Image.Image:
@@ -266,9 +309,24 @@ def check_image(source: ImageSource) -> str | None:
     """Fully decode `source` (JPEG at the smallest DCT scale: every byte is still read) and return
     the reason it is unusable, or None when it is fine."""
     try:
-        open_image(source, draft_size=(1, 1))
+        width, height = open_image(source, draft_size=(1, 1)).size
     except BadImageError as error:
         return error.reason
+    return shape_problem(width, height)
+
+
+def shape_problem(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be used for training, or None.
+
+    A 30,000 x 20 px strip takes seconds per image to resize to the model's square input, which
+    squashes it to a smear (or crops 1/1500 of it): a banner or a scan error, not a photo. Tiny images
+    (even 1 x 1) are accepted; `inspect` lists them."""
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        return (
+            f"aspect ratio {ratio:.0f}:1 (limit {MAX_ASPECT_RATIO}:1): too elongated for a square model "
+            "input; crop it into photos or remove it"
+        )
     return None
 
 

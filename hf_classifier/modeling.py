@@ -3,12 +3,14 @@ labels (or a random initialisation from its config), plus the checkpoint's image
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from .hub import HubUnavailableError, is_local_path, unavailable_message, use_local_files_only
 
@@ -126,21 +128,62 @@ def is_conv_net(model: nn.Module) -> bool:
 
 
 AUXILIARY_HEAD = "phylum_head"
+PHYLUM_LOGITS = "phylum_logits"
 
 
-class FeatureTap:
-    """Keeps the input of the classification layer (the pooled features) from the latest forward pass."""
+class PhylumHeadHooks:
+    """Runs the auxiliary phylum head inside the model's own forward pass, in training mode.
 
-    def __init__(self, classifier: nn.Module):
-        self.features: torch.Tensor | None = None
-        self.handle = classifier.register_forward_pre_hook(self._keep)
+    A hook on the classification layer feeds the head the pooled features the family head sees (inside
+    the same autocast region, so both heads compute in one dtype), and a hook on the model adds the
+    result to its outputs as `phylum_logits`. Being part of the forward and of its outputs is what lets
+    DDP (with `find_unused_parameters`) and FSDP account for the head's parameters. In evaluation mode
+    nothing is added, so the outputs (and the metrics) stay those of a plain family classifier.
+    """
 
-    def _keep(self, _module: nn.Module, inputs: tuple) -> None:
-        self.features = inputs[0]
+    def __init__(self, model: nn.Module, classifier: nn.Module, head: nn.Module):
+        self.head = head
+        self._logits: torch.Tensor | None = None
+        self.handles = [
+            classifier.register_forward_pre_hook(self._run_head),
+            model.register_forward_hook(self._add_to_outputs),
+        ]
+
+    def _run_head(self, module: nn.Module, inputs: tuple) -> None:
+        if module.training:
+            features = inputs[0]
+            # A 1x1-conv classifier sees (N, C, 1, 1); the head is a Linear.
+            self._logits = self.head(features.flatten(1) if features.ndim > 2 else features)
+
+    def _add_to_outputs(self, _model: nn.Module, _inputs: tuple, outputs: Any) -> Any:
+        logits, self._logits = self._logits, None  # not kept alive past the forward
+        if logits is None or not isinstance(outputs, ModelOutput):
+            return outputs
+        return _with_phylum_logits(type(outputs))(**outputs, phylum_logits=logits)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
-def attach_phylum_head(model: PreTrainedModel, num_phyla: int) -> FeatureTap:
-    """Add an auxiliary phylum classifier on the features the family head sees (`--hierarchy multitask`).
+# The model's output class with a `phylum_logits` field added, per output class. A new ModelOutput
+# dataclass (not an extra key on the old one): DDP rebuilds outputs from their fields (pytree).
+_OUTPUTS_WITH_PHYLUM: dict[type, type] = {}
+
+
+def _with_phylum_logits(output_type: type) -> type:
+    if output_type not in _OUTPUTS_WITH_PHYLUM:
+        _OUTPUTS_WITH_PHYLUM[output_type] = dataclasses.make_dataclass(
+            f"{output_type.__name__}WithPhylum",
+            [(PHYLUM_LOGITS, torch.Tensor | None, dataclasses.field(default=None))],
+            bases=(output_type,),
+        )
+    return _OUTPUTS_WITH_PHYLUM[output_type]
+
+
+def attach_phylum_head(model: PreTrainedModel, num_phyla: int) -> PhylumHeadHooks:
+    """Add an auxiliary phylum classifier on the features the family head sees (`--hierarchy multitask`);
+    in training mode the model's outputs gain `phylum_logits` (see `PhylumHeadHooks`).
 
     It is left out of every saved file (`_keys_to_ignore_on_save`), so the saved model stays a plain
     family classifier that `pipeline("image-classification")` loads.
@@ -152,7 +195,39 @@ def attach_phylum_head(model: PreTrainedModel, num_phyla: int) -> FeatureTap:
         f"{AUXILIARY_HEAD}.weight",
         f"{AUXILIARY_HEAD}.bias",
     }
-    return FeatureTap(classifier)
+    return PhylumHeadHooks(model, classifier, getattr(model, AUXILIARY_HEAD))
+
+
+def parameters_without_gradient(model: nn.Module, image_size: tuple[int, int]) -> list[str]:
+    """Trainable parameters that one training-mode forward and backward pass leaves without a gradient
+    (e.g. DINOv2's `mask_token`, used only for masked-image pretraining). DDP must be told about them
+    (`find_unused_parameters`), or its second step fails. The model's state is left as it was."""
+    was_training = model.training
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # BatchNorm statistics
+    grads = {name: parameter.grad for name, parameter in model.named_parameters()}
+    parameter = next(model.parameters())
+    # Two images: BatchNorm in training mode needs more than one value per channel.
+    pixel_values = torch.zeros(2, 3, *image_size, device=parameter.device, dtype=parameter.dtype)
+    try:
+        model.train()
+        for tensor in model.parameters():
+            tensor.grad = None
+        with torch.enable_grad():
+            outputs = model(pixel_values=pixel_values)
+            values = outputs.values() if isinstance(outputs, dict) else outputs
+            sum(
+                value.float().sum() for value in values if torch.is_tensor(value) and value.requires_grad
+            ).backward()
+        return [
+            name for name, tensor in model.named_parameters() if tensor.requires_grad and tensor.grad is None
+        ]
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        for name, tensor in model.named_parameters():
+            tensor.grad = grads[name]
 
 
 def find_classifier(model: nn.Module, num_labels: int) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .distributed import gather_from_processes, is_main_process, process_state
+from .distributed import is_main_process, process_state
 from .images import BadImageError, ImageSource, relative_or_absolute
 from .io_utils import write_csv
 from .predictor import Predictor, load_predictor
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 CSV_SUFFIXES = (".csv", ".tsv")
 TTA_MODES = ("none", "flip")
 PRECISIONS = ("auto", "fp32", "bf16")
+COPIES_IN_FLIGHT = 4  # batches whose probabilities are still on their way to the host
 
 
 @dataclass(frozen=True)
@@ -157,19 +159,6 @@ def inference_autocast(device: torch.device, precision: str) -> contextlib.Abstr
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-class _Every(Sequence):
-    """Every `step`-th item from `start`: one process's share of the images."""
-
-    def __init__(self, items: Sequence, start: int, step: int):
-        self.items, self.start, self.step = items, start, step
-
-    def __len__(self) -> int:
-        return max(0, (len(self.items) - self.start + self.step - 1) // self.step)
-
-    def __getitem__(self, index: int):  # type: ignore[override]
-        return self.items[self.start + index * self.step]
-
-
 def classify(
     predictor: Predictor,
     sources: Sequence[ImageSource],
@@ -181,21 +170,25 @@ def classify(
     precision: str = "auto",
     progress: bool = False,
     distributed: bool = False,
+    top_k: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities over `predictor.labels` for every source (NaN rows for unreadable ones), and the
     reason each unreadable source failed ("" for the others). `tta="flip"` averages the
     probabilities of the image and its mirror image.
 
     With `distributed=True` under `accelerate launch`/`torchrun`, process k classifies images k, k+N,
-    ... on its own device, and every process gets back all the rows, in order: none is dropped or
-    counted twice, whatever the remainder of len(sources) / N."""
+    ... on its own device, and the main process gets back all the rows, in order: none is dropped or
+    counted twice, whatever the remainder of len(sources) / N. Only the main process receives them
+    (the others get no rows), and with `top_k` only each row's `top_k` most likely classes are sent:
+    the other columns arrive as 0, which leaves the top-k ranking (and so every figure computed from
+    it) exactly as in one process."""
     if tta not in TTA_MODES:
         raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     state = process_state() if distributed else None
     if state is not None and state.num_processes > 1:
         if device == "auto":
             device = str(state.device)
-        share = _Every(sources, state.process_index, state.num_processes)
+        share = Subset(sources, range(state.process_index, len(sources), state.num_processes))
         part, part_errors = classify(
             predictor,
             share,
@@ -206,10 +199,13 @@ def classify(
             precision=precision,
             progress=progress and state.is_main_process,
         )
+        gathered = _gather_to_main_process((_top_k_rows(part, top_k), part_errors))
+        if not state.is_main_process:
+            return np.empty((0, len(predictor.labels)), dtype=np.float32), []
         probabilities = np.full((len(sources), len(predictor.labels)), np.nan, dtype=np.float32)
         errors = [""] * len(sources)
-        for rank, (rank_probs, rank_errors) in enumerate(gather_from_processes((part, part_errors))):
-            probabilities[rank :: state.num_processes] = rank_probs
+        for rank, (rank_rows, rank_errors) in enumerate(gathered):
+            probabilities[rank :: state.num_processes] = _dense_rows(rank_rows, len(predictor.labels))
             errors[rank :: state.num_processes] = rank_errors
         return probabilities, errors
     target = resolve_device(device)
@@ -228,6 +224,9 @@ def classify(
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc="Classifying", unit="batch")
+    # Each batch's probabilities go to the host without waiting (a blocking `.cpu()` per batch
+    # would idle a GPU while the copy runs); a copy is read once the batches after it are queued.
+    pending: deque[tuple[list[int], torch.Tensor, Any]] = deque()
     for batch in loader:
         for index, reason in batch["errors"]:
             errors[index] = reason
@@ -238,8 +237,59 @@ def classify(
             probs = predictor.probabilities(pixels)
             if tta == "flip":
                 probs = (probs + predictor.probabilities(torch.flip(pixels, dims=[-1]))) / 2
-        probabilities[batch["indices"]] = probs.float().cpu().numpy()
+        copy = probs.float().to("cpu", non_blocking=target.type == "cuda")
+        pending.append((batch["indices"], copy, _copy_done(target)))
+        _read_copies(pending, probabilities, keep=COPIES_IN_FLIGHT)
+    _read_copies(pending, probabilities, keep=0)
     return probabilities, errors
+
+
+def _gather_to_main_process(value: Any) -> list[Any]:
+    """Every process's `value`, in process order, on the main process only (the others get an empty
+    list): only the process that writes receives the rows."""
+    state = process_state()
+    gathered: list[Any] | None = [None] * state.num_processes if state.is_main_process else None
+    torch.distributed.gather_object(value, gathered, dst=0)
+    return gathered or []
+
+
+def _copy_done(device: torch.device) -> Any:
+    """A marker of the copy just queued on a GPU (None elsewhere: there the copy is already done)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _read_copies(pending: deque, probabilities: np.ndarray, keep: int) -> None:
+    """Write the oldest copies into `probabilities` until `keep` are left in flight (so few pinned
+    host buffers exist at a time), waiting for each to finish if it has not."""
+    while len(pending) > keep:
+        indices, copy, done = pending.popleft()
+        if done is not None:
+            done.synchronize()
+        probabilities[indices] = copy.numpy()
+
+
+def _top_k_rows(probabilities: np.ndarray, k: int | None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The whole matrix, or each row's `k` highest probabilities and their columns, ranked as
+    `np.argsort(-p, kind="stable")` ranks them (ties keep the lower column first)."""
+    if k is None or k >= probabilities.shape[1]:
+        return probabilities
+    columns = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probabilities, columns, axis=1), columns.astype(np.int32)
+
+
+def _dense_rows(rows: np.ndarray | tuple[np.ndarray, np.ndarray], num_labels: int) -> np.ndarray:
+    if not isinstance(rows, tuple):
+        return rows
+    values, columns = rows
+    dense = np.zeros((len(values), num_labels), dtype=np.float32)
+    np.put_along_axis(dense, columns.astype(np.int64), values, axis=1)
+    # An unreadable image's row stays NaN in every column, as in one process.
+    dense[np.isnan(values).any(axis=1)] = np.nan
+    return dense
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +325,11 @@ def predict(
         tta=tta,
         precision=precision,
         distributed=distributed,
+        top_k=max(1, top_k),
     )
     labels, label_name, phylum_of = predictor.labels, predictor.label_name, predictor.phylum_of
+    if not is_main_process():  # the rows went to the main process, which writes them
+        return PredictionSummary(output=Path(output), rows=0, errors=0, label_name=label_name)
     top_k = min(top_k, len(labels))
 
     header = ["id", label_name] + (["phylum"] if phylum_of else []) + ["score"]
@@ -296,10 +349,9 @@ def predict(
         for index in best[1:]:
             row += [labels[index], f"{probs[index]:.6f}"]
         rows.append(row + [""])
-    if is_main_process():
-        write_csv(output, header, rows)
+    write_csv(output, header, rows)
     failed = sum(1 for error in errors if error)
-    if failed and is_main_process():
+    if failed:
         logger.warning(
             "%d of %d images could not be read; their rows carry the reason in 'error'.", failed, len(items)
         )

@@ -68,12 +68,20 @@ class ExpertsPredictor:
         self.label_name: str = spec["label_name"]
         self.phylum_of: dict[str, str] = spec["phylum_of"]
         self.processor = self.router.processor
-        self._index = {label: i for i, label in enumerate(self.labels)}
+        index = {label: i for i, label in enumerate(self.labels)}
+        # Where each router output lands among `labels`, built once (not per batch): for a phylum with
+        # an expert, the columns of its families; for a single-family phylum, that family's column.
+        self._columns = {
+            phylum: torch.tensor([index[label] for label in expert.labels])
+            for phylum, expert in self.experts.items()
+        }
+        self._single_column = {phylum: index[family] for phylum, family in self.single_family.items()}
 
     def to(self, device: torch.device) -> ExpertsPredictor:
         self.router.to(device)
         for expert in self.experts.values():
             expert.to(device)
+        self._columns = {phylum: columns.to(device) for phylum, columns in self._columns.items()}
         return self
 
     def num_parameters(self) -> int:
@@ -82,20 +90,22 @@ class ExpertsPredictor:
     @torch.inference_mode()
     def probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
         phylum_probs = self.router.probabilities(pixel_values)
-        chosen = phylum_probs.argmax(dim=-1)
+        weight, chosen = phylum_probs.max(dim=-1)
         result = torch.zeros(len(pixel_values), len(self.labels), device=phylum_probs.device)
-        for phylum_index, phylum in enumerate(self.router.labels):
-            rows = (chosen == phylum_index).nonzero(as_tuple=True)[0]
+        # The rows of each phylum: one sort and one read of the counts per batch (a single host
+        # synchronisation), instead of a nonzero() per phylum.
+        order = chosen.argsort(stable=True)
+        counts = torch.bincount(chosen, minlength=len(self.router.labels)).tolist()
+        for phylum, rows in zip(self.router.labels, order.split(counts), strict=True):
             if len(rows) == 0:
                 continue
-            weight = phylum_probs[rows, phylum_index].unsqueeze(1)
-            if phylum in self.single_family:
-                result[rows, self._index[self.single_family[phylum]]] = weight.squeeze(1)
+            if phylum in self._single_column:
+                result[rows, self._single_column[phylum]] = weight[rows]
                 continue
-            expert = self.experts[phylum]
-            columns = torch.tensor([self._index[label] for label in expert.labels], device=result.device)
-            family_probs = expert.probabilities(pixel_values[rows])
-            result[rows.unsqueeze(1), columns.unsqueeze(0)] = weight * family_probs
+            family_probs = self.experts[phylum].probabilities(pixel_values[rows])
+            result[rows.unsqueeze(1), self._columns[phylum].unsqueeze(0)] = (
+                weight[rows].unsqueeze(1) * family_probs
+            )
         return result
 
 

@@ -17,6 +17,7 @@ and later runs read instead of the full-size photos.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -29,7 +30,7 @@ from typing import Any
 from datasets import Dataset, Features, Value, concatenate_datasets
 from PIL import Image
 
-from .images import BadImageError, available_cpus, decode_image, describe_source
+from .images import BadImageError, available_cpus, decode_image, describe_source, shape_problem
 from .io_utils import write_json
 from .sources import IMAGE, SOURCE_IMAGE, ImageData
 
@@ -97,8 +98,11 @@ class _PrepareBatch:
         images, reasons = [], []
         for source in batch[IMAGE]:
             try:
-                picture = resize_shorter_side(decode_image(source, self.draft_size).image, self.size)
-                images.append(encode_ppm(picture))
+                decoded = decode_image(source, self.draft_size)
+                problem = shape_problem(*decoded.original_size)
+                if problem:
+                    raise BadImageError(describe_source(source), problem)
+                images.append(encode_ppm(resize_shorter_side(decoded.image, self.size)))
                 reasons.append("")
             except BadImageError as error:
                 images.append(None)
@@ -180,9 +184,13 @@ def prepare_split(
                 desc=f"{description} ({index + 1}/{shards})",
             )
             os.rename(staging, final)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another run finished this shard first
+        except OSError as error:
+            # Another run finished this shard first, or the disk is full.
+            shutil.rmtree(staging, ignore_errors=True)
             if not final.is_dir():
+                if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # Name the cache: the finished shards stay there and a rerun continues after them.
+                    raise OSError(error.errno, os.strerror(error.errno), str(entry)) from error
                 raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

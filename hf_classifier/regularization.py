@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
@@ -93,22 +94,29 @@ class Mixer:
     def enabled(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
-    def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every draw comes from `rng` (training passes one seeded by (seed, step, micro-batch), so a
+        resumed run mixes exactly as an uninterrupted one); without it, from a generator seeded by
+        torch's global one."""
+        if rng is None:
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
         targets = nn.functional.one_hot(labels, self.num_classes).to(pixel_values.dtype)
-        if not self.enabled or torch.rand(()) >= self.probability:
+        if not self.enabled or rng.random() >= self.probability:
             return pixel_values, targets
         use_cutmix = self.cutmix_alpha > 0 and (
-            self.mixup_alpha <= 0 or torch.rand(()) < self.switch_probability
+            self.mixup_alpha <= 0 or rng.random() < self.switch_probability
         )
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        permutation = torch.randperm(pixel_values.shape[0], device=pixel_values.device)
+        lam = float(rng.beta(alpha, alpha))
+        permutation = torch.from_numpy(rng.permutation(pixel_values.shape[0])).to(pixel_values.device)
         mixed = pixel_values.clone()
         if use_cutmix:
             height, width = pixel_values.shape[-2:]
             cut = math.sqrt(1 - lam)
             box_h, box_w = int(height * cut), int(width * cut)
-            cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
+            cy, cx = int(rng.integers(height)), int(rng.integers(width))
             top, bottom = max(cy - box_h // 2, 0), min(cy + box_h // 2, height)
             left, right = max(cx - box_w // 2, 0), min(cx + box_w // 2, width)
             mixed[..., top:bottom, left:right] = pixel_values[permutation][..., top:bottom, left:right]
@@ -119,13 +127,19 @@ class Mixer:
 
 
 class ModelEMA:
-    """An exponential moving average of a model's floating-point weights (buffers are copied)."""
+    """An exponential moving average of a model's floating-point weights (buffers are copied).
+
+    The average is kept in fp32 whatever the model's dtype: a model cast to bf16 (DeepSpeed) would
+    otherwise round every update away (with decay 0.9999 a bf16 average never moves)."""
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0 < decay < 1:
             raise ValueError(f"--ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.shadow = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        self.shadow = {
+            name: value.detach().to(torch.float32 if value.is_floating_point() else value.dtype, copy=True)
+            for name, value in model.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -136,7 +150,7 @@ class ModelEMA:
                 average = self.shadow[name] = average.to(value.device)
             if average.dtype.is_floating_point:
                 averages.append(average)
-                values.append(value.detach())
+                values.append(value.detach().float())  # a cast copy for a bf16/fp16 model: lerp in fp32
             else:
                 average.copy_(value)
         if averages:

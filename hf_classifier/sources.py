@@ -11,8 +11,11 @@ of `file_name` (the Rare Species layout).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import difflib
+import io
 import json
 import logging
 import os
@@ -24,7 +27,7 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .hub import HubUnavailableError, cache_only, is_local_path, unavailable_message, use_local_files_only
-from .images import image_extensions, is_image_file
+from .images import image_extensions, is_heif, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -238,13 +241,34 @@ def image_files_below(folder: Path) -> tuple[list[Path], list[Path]]:
     """(image files, other files) below `folder`, recursively, sorted by path; hidden entries skipped."""
     extensions = image_extensions()
     images, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    visited = {os.path.realpath(folder)}
+
+    def unreadable(error: OSError) -> None:
+        # os.walk would pass over a folder it cannot list without a word.
+        raise DataSourceError(f"Cannot list {error.filename}: {error.strerror}; check its permissions.")
+
+    # Linked folders are followed (data often lives elsewhere), each real folder once: a link back up
+    # the tree would otherwise loop until the path is too long.
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        kept = []
+        for name in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if name.startswith("."):
+                continue
+            if real in visited:
+                logger.warning(
+                    "%s links to a folder already read (%s); not read twice.", Path(dirpath, name), real
+                )
+                continue
+            visited.add(real)
+            kept.append(name)
+        dirnames[:] = kept
         for filename in filenames:
             if filename.startswith("."):
                 continue
             path = Path(dirpath) / filename
-            if path.suffix.lower() in extensions or is_image_file(path):
+            # HEIC photos count as images even without pillow-heif: the check then names the fix.
+            if path.suffix.lower() in extensions or is_image_file(path) or is_heif(path):
                 images.append(path)
             else:
                 skipped.append(path)
@@ -282,6 +306,7 @@ def _from_folder_with_metadata(
         )
         source_columns = [c for c in table if c != LABEL] + [LABEL]
     else:
+        label_column = _resolve_label_column(table, label_column, metadata)
         source_columns = list(table)
     listed = {Path(p).as_posix() for p in table[image_column]}
     on_disk, _ = scan_image_folder(root)
@@ -341,7 +366,11 @@ def read_csv_table(path: Path) -> dict[str, list[str]]:
     """Read a CSV/TSV as columns of strings (ids keep their exact text)."""
     if not path.is_file():
         raise DataSourceError(f"{path} does not exist.")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    try:
+        raw = path.read_bytes()
+    except PermissionError as error:
+        raise DataSourceError(f"{path} cannot be read (permission denied); check its permissions.") from error
+    with io.StringIO(_decode_csv(raw, path), newline="") as handle:
         sample = handle.read(8192)
         handle.seek(0)
         delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(sample)
@@ -361,6 +390,21 @@ def read_csv_table(path: Path) -> dict[str, list[str]]:
     return table
 
 
+def _decode_csv(raw: bytes, path: Path) -> str:
+    """UTF-8 (with or without a BOM) or UTF-16 with its BOM (Excel's "Unicode text"); anything else
+    is refused with the line of the first bad byte rather than guessed (a wrong guess changes labels)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataSourceError(
+            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}). Save it as UTF-8 "
+            f"(Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv."
+        ) from error
+
+
 def _sniff_delimiter(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample.splitlines()[0] if sample else "", delimiters=",;\t|").delimiter
@@ -368,12 +412,20 @@ def _sniff_delimiter(sample: str) -> str:
         return ","
 
 
+def no_such_column(where: object, column: str, flag: str, columns: Iterable[str]) -> DataSourceError:
+    """The error for a column name that is not there: the columns that are, and the closest one."""
+    columns = list(columns)
+    by_case = {name.casefold(): name for name in columns}
+    closest = [by_case[column.casefold()]] if column.casefold() in by_case else []
+    closest = closest or difflib.get_close_matches(column, columns, n=1, cutoff=0.6)
+    hint = f" Did you mean {flag} {closest[0]}?" if closest else ""
+    return DataSourceError(f"{where} has no column {column!r} ({flag}).{hint} Columns: {', '.join(columns)}.")
+
+
 def resolve_image_column(table: dict[str, list[str]], image_column: str | None, where: Path) -> str:
     if image_column:
         if image_column not in table:
-            raise DataSourceError(
-                f"{where} has no column {image_column!r} (--image_column). Columns: {', '.join(table)}."
-            )
+            raise no_such_column(where, image_column, "--image_column", table)
         return image_column
     for candidate in IMAGE_COLUMN_CANDIDATES:
         if candidate in table:
@@ -393,9 +445,7 @@ def _resolve_label_column(table: dict[str, list[str]], label_column: str | None,
             f"Columns of {where}: {', '.join(table)}."
         )
     if label_column not in table:
-        raise DataSourceError(
-            f"{where} has no column {label_column!r} (--label_column). Columns: {', '.join(table)}."
-        )
+        raise no_such_column(where, label_column, "--label_column", table)
     return label_column
 
 
@@ -423,6 +473,9 @@ def _from_table(
         raise DataSourceError(
             f"{where}: empty {label_column!r} on line(s) {_lines(unlabelled)}; label or remove those rows."
         )
+    _check_paths_inside_root(table[image_column], where, image_column)
+    table = _without_repeated_rows(table, where, image_column, label_column)
+    _check_label_variants(table[label_column], where, label_column)
 
     split_of_row = _split_assignment(table, image_column, where)
     all_labels = sorted(set(table[label_column]))
@@ -447,6 +500,69 @@ def _from_table(
             "label_column": label_column,
         },
     )
+
+
+def _check_paths_inside_root(paths: list[str], where: Path, image_column: str) -> None:
+    """Relative paths must stay below the image root: `../../etc/passwd` is a typo or worse, and a
+    data set that reaches outside its folder cannot be moved or shared. Absolute paths are explicit."""
+    escaping = [
+        row
+        for row, value in enumerate(paths, 2)
+        if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == os.pardir
+    ]
+    if escaping:
+        raise DataSourceError(
+            f"{where}: {image_column!r} on line(s) {_lines(escaping)} points outside the image folder "
+            f"(e.g. {paths[escaping[0] - 2]!r}). Write paths relative to --image_root (default: the CSV's "
+            "folder) without '..', pass an --image_root that contains the images, or use absolute paths."
+        )
+
+
+def _without_repeated_rows(
+    table: dict[str, list[str]], where: Path, image_column: str, label_column: str
+) -> dict[str, list[str]]:
+    """A file listed twice with the same label (and split) is kept once, with a warning; listed with
+    different labels or in different splits, it is an error (which row is right is the user's call)."""
+    lines_of: dict[str, list[int]] = {}
+    for row, value in enumerate(table[image_column]):
+        lines_of.setdefault(os.path.normpath(value), []).append(row)
+    repeated = {path: rows for path, rows in lines_of.items() if len(rows) > 1}
+    if not repeated:
+        return table
+    for column in (label_column, "split"):
+        if column not in table:
+            continue
+        for path, rows in repeated.items():
+            values = sorted({table[column][row] for row in rows})
+            if len(values) > 1:
+                raise DataSourceError(
+                    f"{where}: {path!r} is listed on lines {_lines([r + 2 for r in rows])} with different "
+                    f"{column!r} values ({', '.join(map(repr, values))}); keep one row per image."
+                )
+    dropped = sorted(row for rows in repeated.values() for row in rows[1:])
+    logger.warning(
+        "%s: %d repeated row(s) for an image already listed (same %s) left out: line(s) %s.",
+        where,
+        len(dropped),
+        label_column,
+        _lines([row + 2 for row in dropped]),
+    )
+    keep = sorted(set(range(len(table[image_column]))) - set(dropped))
+    return {name: [values[row] for row in keep] for name, values in table.items()}
+
+
+def _check_label_variants(labels: list[str], where: Path, label_column: str) -> None:
+    """'Apidae', 'apidae' and 'Apidae  ' would train as three classes: refuse, naming them."""
+    variants: dict[str, set[str]] = {}
+    for label in labels:
+        variants.setdefault(" ".join(label.split()).casefold(), set()).add(label)
+    clashes = [sorted(names) for names in variants.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(" / ".join(map(repr, names)) for names in clashes[:5])
+        raise DataSourceError(
+            f"{where}: {label_column!r} has labels that differ only by case or spaces ({listed}); they "
+            "would be separate classes. Write each class the same way everywhere."
+        )
 
 
 def _split_assignment(table: dict[str, list[str]], image_column: str, where: Path) -> list[str]:
@@ -519,9 +635,7 @@ def from_dataset(
     label_column = label_column or (LABEL if LABEL in features else _first_class_label_column(features, name))
     for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
         if column not in features:
-            raise DataSourceError(
-                f"{name} has no column {column!r} ({flag}). Columns: {', '.join(features)}."
-            )
+            raise no_such_column(name, column, flag, features)
     all_labels = _label_names(splits, label_column)
     normalised = {}
     for split_name, split in splits.items():

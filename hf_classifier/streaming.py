@@ -22,13 +22,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .hub import HubUnavailableError, is_local_path, unavailable_message, use_local_files_only
 from .images import BadImageError, check_image
 from .io_utils import write_text
+from .sampling import derived_seed
 from .sources import FILE_PATH, IMAGE, LABEL, SPLIT_NAMES, DataSourceError, ImageData
 from .transforms import transform_source
 
@@ -355,9 +359,33 @@ class StreamTransform:
     stops the run with its shard and key, or (with `skip_bad=True`) is dropped and recorded in a log
     line and in `record` (appended, one line per image)."""
 
-    def __init__(self, image_transform: Any, skip_bad: bool = False, record: str | None = None):
+    def __init__(
+        self,
+        image_transform: Any,
+        skip_bad: bool = False,
+        record: str | None = None,
+        seed: int | None = None,
+        process_index: int = 0,
+    ):
         self.image_transform, self.skip_bad, self.record = image_transform, skip_bad, record
         self.recorded: set[str] = set()  # each image once per reader, not once per pass
+        self.seed, self.process_index = seed, process_index
+        self._reader: tuple[int, int] | None = None  # (pid, worker) that `_rng` was made for
+        self._rng: random.Random | None = None
+
+    def _generator(self) -> random.Random | None:
+        """The augmentation generator of this reader (process x DataLoader worker), seeded by (seed,
+        process, worker) and made inside the reader: not the main process's global `random` (read
+        by whatever else draws from it), nor one state copied alike into every worker. A stream has
+        no stable sample index, so its inputs are reproducible for a given number of readers."""
+        if self.seed is None:
+            return None
+        worker = torch.utils.data.get_worker_info()
+        reader = (os.getpid(), worker.id if worker is not None else -1)
+        if reader != self._reader:
+            self._reader = reader
+            self._rng = random.Random(derived_seed(self.seed, self.process_index, reader[1]))
+        return self._rng
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixels, labels = [], []
@@ -367,7 +395,7 @@ class StreamTransform:
                     raise BadImageError(where, "the sample has no image")
                 if label == NO_LABEL:
                     raise BadImageError(where, "the sample has no label")
-                pixels.append(transform_source(self.image_transform, source))
+                pixels.append(transform_source(self.image_transform, source, self._generator()))
             except BadImageError as error:
                 if not self.skip_bad:
                     raise DataSourceError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -29,8 +30,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from .depth import gradient_norms_by_depth
 from .finetuning import SUPPORTED_SCHEDULES, FinetunePlan
 from .io_utils import atomic_path, staging_folder, write_json
-from .modeling import AUXILIARY_HEAD, FeatureTap, load_saved_weights
+from .modeling import AUXILIARY_HEAD, PHYLUM_LOGITS, PhylumHeadHooks, load_saved_weights
 from .regularization import ClassBalancedSampler, Mixer, ModelEMA
+from .sampling import EpochKeySampler, ShuffleSampler, step_rng
 from .transforms import Normalize
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,20 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped before saving anything after it."""
 
 
+class _SampleEpochCallback(TrainerCallback):
+    """Tells the key sampler the epoch about to start. Accelerate's `set_epoch` does not reach it
+    through every wrapper: resuming mid-epoch with several processes, the sampler sits under
+    SkipBatchSampler > BatchSamplerShard > BatchSampler, and a fresh process would draw epoch 0."""
+
+    def __init__(self, trainer: ImageClassificationTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self.trainer._key_sampler is not None:
+            # Trainer's own count: whole epochs done (a resumed run is part-way into the next one).
+            self.trainer._key_sampler.set_epoch(math.floor(state.epoch or 0))
+
+
 class _PlanCallback(TrainerCallback):
     """Learns the number of optimizer steps per epoch, and updates the EMA after each step."""
 
@@ -101,6 +117,10 @@ class _PlanCallback(TrainerCallback):
             self.trainer.plan.steps_per_epoch = max(
                 batches // accumulation + int(batches % accumulation > 0), 1
             )
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001
+        # Trainer has computed (and clipped) the total norm here, which unscales fp16 gradients first.
+        self.trainer.record_gradient_norms()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if self.trainer.ema is not None:
@@ -117,7 +137,7 @@ class ImageClassificationTrainer(Trainer):
         mixer: Mixer | None = None,
         ema: ModelEMA | None = None,
         sampler_labels: list[int] | None = None,
-        phylum_tap: FeatureTap | None = None,
+        phylum_head: PhylumHeadHooks | None = None,
         phylum_index: torch.Tensor | None = None,
         phylum_loss_weight: float = 0.3,
         channels_last: bool = False,
@@ -130,19 +150,26 @@ class ImageClassificationTrainer(Trainer):
         self.mixer = mixer
         self.ema = ema
         self.sampler_labels = sampler_labels
-        # --hierarchy multitask: the auxiliary phylum head reads the features the family head sees.
-        self.phylum_tap = phylum_tap
+        # --hierarchy multitask: the auxiliary phylum head runs inside the model's forward.
+        self.phylum_head = phylum_head
         self.family_to_phylum = (
             nn.functional.one_hot(phylum_index).float() if phylum_index is not None else None
         )
         self.phylum_loss_weight = phylum_loss_weight
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        # ...so Trainer need not count the labels of every batch, and all-gather the counts across the
+        # processes (a collective per step), for a `num_items_in_batch` that compute_loss ignores.
+        self.model_accepts_loss_kwargs = False
         self._frozen_for_epoch: int | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self._last_checked_step = 0
         self._gradient_norms: dict[str, float] = {}
+        self._said_gradient_norms_unavailable = False
         self.add_callback(_PlanCallback(self))
+        self._key_sampler: EpochKeySampler | None = None  # set when the train DataLoader is built
+        self._micro_batch_step, self._micro_batch = -1, 0
+        self.add_callback(_SampleEpochCallback(self))
         if plan.freezes:
             _keep_frozen_batch_norms_in_eval_mode(self.model)
 
@@ -150,15 +177,38 @@ class ImageClassificationTrainer(Trainer):
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
-        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"]).contiguous(
+        # A model cast as a whole (DeepSpeed bf16, --bf16_full_eval) needs its own dtype as input;
+        # under autocast the parameters stay fp32 and autocast casts.
+        dtype = next(self.model.parameters()).dtype
+        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"], dtype=dtype).contiguous(
             memory_format=self.memory_format
         )
         return inputs
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """An order that depends only on (data seed, epoch). A data set read by `SampleKey`
+        (`KeyedTrainingImages`) gets keys that carry the epoch to the workers, so that its
+        augmentation is a pure function of (seed, epoch, sample) too."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        keyed = getattr(dataset, "accepts_sample_keys", False)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if self.sampler_labels is not None:
-            return ClassBalancedSampler(self.sampler_labels, seed=self.args.data_seed or self.args.seed)
-        return super()._get_train_sampler(train_dataset)
+            sampler = ClassBalancedSampler(self.sampler_labels, seed=seed)
+        elif keyed:
+            sampler = ShuffleSampler(len(dataset), seed=seed)
+        else:
+            return super()._get_train_sampler(train_dataset)
+        if keyed:
+            sampler = self._key_sampler = EpochKeySampler(sampler)
+        return sampler
+
+    def _mix_generator(self) -> Any:
+        """Mixup / CutMix draws for this micro-batch, from (seed, optimizer step, micro-batch, process):
+        a resumed run (which restarts at a step boundary) draws what an uninterrupted one did."""
+        step = self.state.global_step
+        self._micro_batch = self._micro_batch + 1 if step == self._micro_batch_step else 0
+        self._micro_batch_step = step
+        return step_rng(self.args.seed, step, self._micro_batch, self.args.process_index)
 
     # ---- optimizer and schedule ---------------------------------------------------------------
 
@@ -220,7 +270,7 @@ class ImageClassificationTrainer(Trainer):
         pixel_values = inputs["pixel_values"]
         targets: torch.Tensor = labels
         if model.training and self.mixer is not None and self.mixer.enabled:
-            pixel_values, targets = self.mixer(pixel_values, labels)
+            pixel_values, targets = self.mixer(pixel_values, labels, rng=self._mix_generator())
         outputs = model(pixel_values=pixel_values)
         if self.class_weights is not None:  # moved once, kept there (a copy per step would sync)
             self.class_weights = self.class_weights.to(outputs.logits.device)
@@ -230,28 +280,38 @@ class ImageClassificationTrainer(Trainer):
             weight=self.class_weights,
             label_smoothing=self.args.label_smoothing_factor,
         )
-        if model.training and self.phylum_tap is not None:
-            loss = loss + self.phylum_loss_weight * self._phylum_loss(model, labels, targets)
+        if model.training and self.phylum_head is not None:
+            loss = loss + self.phylum_loss_weight * self._phylum_loss(outputs, labels, targets)
         if model.training:
             # Kept on the device (no sync per step); checked before anything is logged or saved.
             self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         return (loss, outputs) if return_outputs else loss
 
-    def _phylum_loss(self, model: nn.Module, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        head = getattr(self.accelerator.unwrap_model(model), AUXILIARY_HEAD)
+    def _phylum_loss(self, outputs: Any, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         mapping = self.family_to_phylum = self.family_to_phylum.to(labels.device)
         # Family targets (one-hot, smoothed or mixed) summed within each phylum.
         family_targets = (
             targets if targets.is_floating_point() else nn.functional.one_hot(labels, len(mapping)).float()
         )
-        return nn.functional.cross_entropy(head(self.phylum_tap.features).float(), family_targets @ mapping)
+        return nn.functional.cross_entropy(outputs[PHYLUM_LOGITS].float(), family_targets @ mapping)
 
-    def _clip_grad_norm(self, model: nn.Module) -> Any:
-        if self._logs_next_step():
-            self._gradient_norms = gradient_norms_by_depth(
-                self.accelerator.unwrap_model(model), self.plan.depth_map
-            )
-        return super()._clip_grad_norm(model)
+    def record_gradient_norms(self) -> None:
+        """Per-depth gradient norms for the next training log, read once Trainer has unscaled the
+        gradients (fp16). Under DeepSpeed and FSDP each process holds a shard of the gradients (or none
+        in `param.grad`): no per-depth norms are logged there, and the log says so once."""
+        if not self._logs_next_step():
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            if not self._said_gradient_norms_unavailable:
+                logger.info(
+                    "Per-depth gradient norms are not logged under DeepSpeed / FSDP (sharded gradients); "
+                    "Trainer's total grad_norm is."
+                )
+                self._said_gradient_norms_unavailable = True
+            return
+        self._gradient_norms = gradient_norms_by_depth(
+            self.accelerator.unwrap_model(self.model), self.plan.depth_map
+        )
 
     def _logs_next_step(self) -> bool:
         steps = self.state.logging_steps or 0
@@ -321,7 +381,7 @@ class ImageClassificationTrainer(Trainer):
         states = {}
         if self.ema is not None:
             states[EMA_FILE] = self.ema
-        if self.phylum_tap is not None:
+        if self.phylum_head is not None:
             states[PHYLUM_HEAD_FILE] = getattr(self.accelerator.unwrap_model(self.model), AUXILIARY_HEAD)
         return states
 

@@ -12,22 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PredictionOutput
 
-from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
+from .arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, sharding_backend
 from .depth import UnsupportedArchitectureError, flat_depth_map, map_depths
 from .finetuning import FinetunePlan, describe_plan
 from .hierarchy import label_to_phylum, require_phylum_of
 from .hub import is_local_path
 from .metrics import build_compute_metrics
 from .model_card import base_model_license, card_dataset_id, write_model_card, write_training_summary
-from .modeling import attach_phylum_head, build_model, is_conv_net, load_image_processor
+from .modeling import (
+    attach_phylum_head,
+    build_model,
+    is_conv_net,
+    load_image_processor,
+    parameters_without_gradient,
+)
 from .prepare import prepare_data, stored_size_for
 from .quality import drop_bad_images, handle_bad_rows
 from .regularization import Mixer, ModelEMA, class_weights
-from .sources import LABEL, DataSourceError, ImageData
+from .sources import IMAGE, LABEL, DataSourceError, ImageData
 from .splits import ensure_validation_split, write_splits
 from .trainer import (
     ImageClassificationTrainer,
@@ -35,11 +43,20 @@ from .trainer import (
     complete_checkpoints,
     last_complete_checkpoint,
 )
-from .transforms import ExampleTransform, collate_examples, create_normalizer, create_transform
+from .transforms import (
+    ExampleTransform,
+    KeyedTrainingImages,
+    collate_examples,
+    create_normalizer,
+    create_transform,
+    spec_from_processor,
+)
 
 logger = logging.getLogger(__name__)
 
 SPLITS_DIR = "splits"
+# The final evaluation: (split, prefix of its figures in <prefix>_results.json and all_results.json).
+FINAL_SPLITS = (("validation", "eval"), ("test", "test"))
 STREAMED_BAD_IMAGES = "bad_images_streamed.tsv"
 
 
@@ -48,14 +65,10 @@ class EpochSummaryCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.last_loss: float | None = None
-        self.training_done = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer's callback API
         if logs and "loss" in logs:
             self.last_loss = logs["loss"]
-
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self.training_done = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
         if not state.is_world_process_zero or not metrics or "eval_accuracy" not in metrics:
@@ -63,11 +76,22 @@ class EpochSummaryCallback(TrainerCallback):
         scores = (
             f"validation accuracy {metrics['eval_accuracy']:.3f}, macro-F1 {metrics['eval_f1_macro']:.3f}"
         )
-        if self.training_done:
-            logger.info("best model: %s", scores)
-        else:
-            loss = f"train loss {self.last_loss:.3f}, " if self.last_loss is not None else ""
-            logger.info("epoch %d/%g: %s%s", round(state.epoch), args.num_train_epochs, loss, scores)
+        loss = f"train loss {self.last_loss:.3f}, " if self.last_loss is not None else ""
+        logger.info("epoch %d/%g: %s%s", round(state.epoch), args.num_train_epochs, loss, scores)
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+        # The final evaluation of the kept model: one `predict` per split.
+        if not state.is_world_process_zero or not metrics:
+            return
+        for prefix, split in (("eval", "validation"), ("test", "test")):
+            if f"{prefix}_accuracy" in metrics:
+                logger.info(
+                    "best model: %s accuracy %.3f, macro-F1 %.3f (%d images)",
+                    split,
+                    metrics[f"{prefix}_accuracy"],
+                    metrics[f"{prefix}_f1_macro"],
+                    metrics.get(f"{prefix}_num_images", 0),
+                )
 
 
 @dataclass
@@ -184,16 +208,17 @@ def train(
         },
         **model_args.hub_kwargs(),
     )
-    phylum_tap = phylum_index = None
+    phylum_head = phylum_index = None
     if training_args.hierarchy == "multitask":
         phyla = sorted(set(phylum_of.values()))
-        phylum_tap = attach_phylum_head(model, len(phyla))
+        phylum_head = attach_phylum_head(model, len(phyla))
         phylum_index = torch.tensor([phyla.index(phylum_of[label]) for label in data.labels])
     channels_last = training_args.channels_last
     if channels_last is None:
         channels_last = not training_args.use_cpu and torch.cuda.is_available() and is_conv_net(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    decide_find_unused_parameters(model, training_args, processor)
     plan = finetune_plan(model, training_args)
     logger.info("Fine-tuning plan: %s", describe_plan(plan))
     train_labels = None if data_args.streaming else list(data.splits["train"][LABEL])
@@ -219,13 +244,19 @@ def train(
                 train_transform,
                 skip_bad=data_args.skip_bad_images,
                 record=str(output_dir / STREAMED_BAD_IMAGES),
+                seed=training_args.seed + resumed_step,
+                process_index=training_args.process_index,
             ),
             batched=True,
             batch_size=training_args.per_device_train_batch_size,
             remove_columns=stream.column_names,
         )
     else:
-        train_dataset = data.splits["train"].with_transform(ExampleTransform(train_transform))
+        # Read by SampleKey: each image's augmentation is a pure function of (seed, epoch, sample), so a
+        # resumed run and any number of workers see the same inputs.
+        train_dataset = KeyedTrainingImages(
+            data.splits["train"].select_columns([IMAGE, LABEL]), train_transform, seed=training_args.seed
+        )
     eval_dataset = data.splits["validation"].with_transform(eval_transform)
 
     trainer = ImageClassificationTrainer(
@@ -252,7 +283,7 @@ def train(
         ),
         ema=ModelEMA(model, training_args.ema_decay) if training_args.ema_decay > 0 else None,
         sampler_labels=train_labels if training_args.balanced_sampler else None,
-        phylum_tap=phylum_tap,
+        phylum_head=phylum_head,
         phylum_index=phylum_index,
         phylum_loss_weight=training_args.phylum_loss_weight,
         channels_last=channels_last,
@@ -277,22 +308,43 @@ def train(
     trainer.save_state()
 
     metrics = dict(train_result.metrics)
-    eval_metrics = trainer.evaluate()
-    report("eval", eval_metrics)
-    metrics.update(eval_metrics)
-    if "test" in data.splits:
-        # Final figures only: the test split plays no part in choosing the model.
-        test_dataset = data.splits["test"].with_transform(eval_transform)
-        test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
-        report("test", test_metrics)
-        metrics.update(test_metrics)
+    # The final evaluation, one pass per split, whose predictions feed <split>_results.json, the
+    # evaluation_<split>/ reports and the card alike. `predict` builds a loader for the dataset it is
+    # given, where `evaluate(dataset)` reuses the loader cached for validation whenever workers
+    # persist (so the "test" figures were the validation ones). The test split plays no part in
+    # choosing the model: it is scored here only.
+    probabilities: dict[str, np.ndarray] = {}
+    # One pass each: loader workers that outlived it would only wait to be shut down.
+    persistent = training_args.dataloader_persistent_workers
+    training_args.dataloader_persistent_workers = False
+    try:
+        for split, prefix in FINAL_SPLITS:
+            if split not in data.splits:
+                continue
+            dataset = data.splits[split].with_transform(eval_transform)
+            output = trainer.predict(dataset, metric_key_prefix=prefix)
+            trainer.log(output.metrics)  # as `evaluate` does: adds the epoch, reaches the report_to loggers
+            report(prefix, output.metrics)
+            metrics.update(output.metrics)
+            probabilities[split] = _probabilities(output, data.splits[split])
+    finally:
+        training_args.dataloader_persistent_workers = persistent
 
     if trainer.is_world_process_zero():
         if data_args.streaming:
             from .streaming import tidy_bad_image_record
 
             data.skipped_images = tidy_bad_image_record(output_dir / STREAMED_BAD_IMAGES)
-        describe_run(output_dir, data, data_args, model_args, training_args, time.time() - started)
+        describe_run(
+            output_dir,
+            data,
+            data_args,
+            model_args,
+            training_args,
+            time.time() - started,
+            probabilities=probabilities,
+            phylum_of=phylum_of,
+        )
         if push_requested:
             from .publish import push_model_folder
 
@@ -399,19 +451,25 @@ def describe_run(
     model_args: ModelArguments,
     training_args: ClassifierTrainingArguments,
     training_seconds: float,
+    *,
+    probabilities: dict[str, np.ndarray],
+    phylum_of: dict[str, str] | None = None,
 ) -> None:
-    """Evaluate the saved model on validation (and test) into evaluation_<split>/, record the run in
-    training_summary.json, and write the model card from what is now in the folder."""
-    from .evaluation import evaluate_splits
+    """Write evaluation_<split>/ from the final evaluation's `probabilities` (by split, rows in the
+    split's order, columns in `data.labels` order), record the run in training_summary.json, and
+    write the model card from what is now in the folder."""
+    from .evaluation import report_predictions
 
-    evaluate_splits(
-        output_dir,
-        data,
-        output_dir,
-        progress=False,
-        batch_size=training_args.per_device_eval_batch_size,
-        num_workers=training_args.dataloader_num_workers,
-    )
+    for split, split_probabilities in probabilities.items():
+        report_predictions(
+            split_probabilities,
+            [""] * len(split_probabilities),  # every image was read: training checked them
+            data.only(split),
+            output_dir / f"evaluation_{split}",
+            labels=data.labels,
+            phylum_of=phylum_of,
+            model_name=str(output_dir),
+        )
     checkpoint = model_args.model_name_or_path
     # The card names a Hub id only: a local folder's path is neither a Hub reference nor anyone's business.
     base_model = None if model_args.from_config or is_local_path(checkpoint) else checkpoint
@@ -429,6 +487,26 @@ def describe_run(
         training_seconds=training_seconds,
     )
     write_model_card(output_dir)
+
+
+def decide_find_unused_parameters(model: Any, args: ClassifierTrainingArguments, processor: Any) -> None:
+    """DDP's `find_unused_parameters`, when not given: on for the freezing strategies (set by the
+    arguments); for `full`, on only when one forward/backward pass leaves some parameter without a
+    gradient (e.g. DINOv2's mask_token). Off saves a graph traversal per step."""
+    if args.ddp_find_unused_parameters is not None or args.world_size <= 1 or sharding_backend(args):
+        return  # DeepSpeed and FSDP do not use it
+    size = getattr(spec_from_processor(processor), "output_size", None)
+    if size is None:
+        configured = getattr(model.config, "image_size", 224)
+        size = tuple(configured) if isinstance(configured, (list, tuple)) else (configured, configured)
+    unused = parameters_without_gradient(model, size)
+    args.ddp_find_unused_parameters = bool(unused)
+    if unused:
+        logger.info(
+            "DDP: find_unused_parameters on, %d parameter tensors get no gradient (%s).",
+            len(unused),
+            ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else ""),
+        )
 
 
 def finetune_plan(model: Any, args: ClassifierTrainingArguments) -> FinetunePlan:
@@ -449,6 +527,19 @@ def finetune_plan(model: Any, args: ClassifierTrainingArguments) -> FinetunePlan
         unfreeze_blocks_per_epoch=args.unfreeze_blocks_per_epoch,
         num_train_epochs=args.num_train_epochs,
     )
+
+
+def _probabilities(output: PredictionOutput, dataset: Any) -> np.ndarray:
+    """The class probabilities of `Trainer.predict`'s logits, checked to be one row per image of
+    `dataset`, in its order (the labels that came back are the dataset's own)."""
+    logits = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
+    expected = np.asarray(dataset[LABEL])
+    if output.label_ids is None or not np.array_equal(np.asarray(output.label_ids), expected):
+        raise RuntimeError(
+            f"The final evaluation returned {len(logits)} rows whose labels do not match the {len(expected)} "
+            "images of the split in order; no figure was written from it."
+        )
+    return torch.from_numpy(np.asarray(logits)).float().softmax(dim=-1).numpy()
 
 
 def _metrics_reporter(trainer: Trainer, concise: bool):

@@ -2,7 +2,8 @@
 
 Eval: the processor's geometry (resize, shortest edge + crop_pct, centre crop, resample) done in PIL,
 giving the same tensor as the processor itself. Train: the same output size through a random resized
-crop plus the augmentation preset. Transforms return uint8 CHW tensors (4x less to move between
+crop plus the augmentation preset, drawn in training from a generator of the sample's own
+(`KeyedTrainingImages`, `sampling`). Transforms return uint8 CHW tensors (4x less to move between
 processes); `Normalize` turns a batch into float on the device that runs the model.
 
 Processors whose geometry we do not mirror (EfficientNet, LeViT, ...) are called directly
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from .images import DecodedImage, ImageSource, decode_image
+from .sampling import SampleKey, as_sample_key, sample_rng
 from .sources import IMAGE, LABEL
 
 # JPEG drafts decode at least this much larger than the target, so that PIL's antialiased resize, not the
@@ -58,6 +60,10 @@ _CONVNEXT_STYLE = {"ConvNextImageProcessor", "ConvNextImageProcessorPil"}
 _STANDARD_GEOMETRY_OVERRIDES = {
     "BeitImageProcessor",
     "BeitImageProcessorPil",
+    # `_preprocess` adds only `reduce_label`, which images never get (segmentation labels do); then the
+    # standard resize, centre crop, rescale, normalise (verified on real photos in test_pretrained.py).
+    "MobileNetV2ImageProcessor",
+    "MobileNetV2ImageProcessorPil",
 }  # overrides concern segmentation maps
 
 
@@ -333,10 +339,13 @@ def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
-def _rng(rng: random.Random | None) -> Any:
-    # Without an explicit generator, use the `random` module itself: DataLoader seeds it differently in
-    # every worker (a Random instance stored here would be copied into each worker with the same state).
-    return rng if rng is not None else random
+def _rng(rng: random.Random | None, default: random.Random | None) -> Any:
+    # Training passes a generator per sample (`KeyedTrainingImages`). Otherwise the transform's own,
+    # else the `random` module itself: DataLoader seeds it differently in every worker (a Random
+    # instance stored here would be copied into each worker with the same state).
+    if rng is not None:
+        return rng
+    return default if default is not None else random
 
 
 def _crop_and_flip_only(preset: AugmentationPreset) -> bool:
@@ -390,8 +399,8 @@ class ImageTransform:
             factor = DRAFT_MARGIN / math.sqrt(self.preset.crop_scale[0])
         return math.ceil(width * factor), math.ceil(height * factor)
 
-    def __call__(self, image: Image.Image | DecodedImage) -> torch.Tensor:
-        rng = _rng(self.rng)
+    def __call__(self, image: Image.Image | DecodedImage, rng: random.Random | None = None) -> torch.Tensor:
+        rng = _rng(rng, self.rng)
         if self.preset.crop_scale is None:
             picture = resize_for_eval(image, self.spec)
         else:
@@ -426,8 +435,8 @@ class ProcessorTransform:
 
     draft_size = None  # the processor's geometry is its own: decode in full
 
-    def __call__(self, image: Image.Image | DecodedImage) -> torch.Tensor:
-        rng = _rng(self.rng)
+    def __call__(self, image: Image.Image | DecodedImage, rng: random.Random | None = None) -> torch.Tensor:
+        rng = _rng(rng, self.rng)
         image = as_decoded(image).image
         if self.preset.crop_scale is not None:
             aspect = image.width / image.height
@@ -461,13 +470,24 @@ class Normalize:
             mean = torch.tensor(spec.mean if spec.do_normalize else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
             self._scale = spec.rescale_factor / std
             self._shift = -mean / std
+        # (scale, shift) per (device, dtype): copied to the device once, not with every batch (a
+        # blocking host-to-device copy per step).
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixel_values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Normalise a uint8 batch into `dtype` (the model's parameter dtype when the model itself was
+        cast, e.g. bf16 under DeepSpeed; fp32 under autocast)."""
         if pixel_values.dtype != torch.uint8 or self.spec is None:
             return pixel_values
-        scale = self._scale.to(pixel_values.device)
-        shift = self._shift.to(pixel_values.device)
-        return torch.addcmul(shift, pixel_values.float(), scale)
+        key = (pixel_values.device, dtype)
+        if key not in self._on_device:
+            # Computed in fp32, then rounded once to `dtype`.
+            self._on_device[key] = (
+                self._scale.to(pixel_values.device, dtype),
+                self._shift.to(pixel_values.device, dtype),
+            )
+        scale, shift = self._on_device[key]
+        return torch.addcmul(shift, pixel_values.to(dtype), scale)
 
 
 def create_normalizer(processor: Any) -> Normalize:
@@ -478,10 +498,13 @@ def create_normalizer(processor: Any) -> Normalize:
 # Datasets and batches
 
 
-def transform_source(transform: Callable[[Any], torch.Tensor], source: ImageSource) -> torch.Tensor:
+def transform_source(
+    transform: Callable[..., torch.Tensor], source: ImageSource, rng: random.Random | None = None
+) -> torch.Tensor:
     """Decode `source` (a JPEG at the reduced scale `transform.draft_size` still covers, when it says
-    one) and apply `transform`."""
-    return transform(decode_image(source, getattr(transform, "draft_size", None)))
+    one) and apply `transform`, drawing its augmentation from `rng` when given."""
+    image = decode_image(source, getattr(transform, "draft_size", None))
+    return transform(image) if rng is None else transform(image, rng=rng)
 
 
 class ExampleTransform:
@@ -495,6 +518,39 @@ class ExampleTransform:
         if LABEL in batch:
             output["labels"] = batch[LABEL]
         return output
+
+
+class KeyedTrainingImages(torch.utils.data.Dataset):
+    """The training split as the Trainer reads it: indexed by `SampleKey`s (from the trainer's
+    `EpochKeySampler`), each image augmented with its own generator seeded by (seed, epoch, position,
+    row), so every training input is a pure function of those, whatever the number of workers and
+    across a resume (see `sampling`)."""
+
+    accepts_sample_keys = True  # the trainer then wraps its sampler in an EpochKeySampler
+
+    def __init__(self, rows: Any, image_transform: Callable[..., torch.Tensor], seed: int):
+        self.rows = rows  # a datasets.Dataset with the image and label columns, no transform set
+        self.image_transform = image_transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[SampleKey | int]) -> list[dict[str, Any]]:
+        """A whole batch: one read of the rows (DataLoader calls this when it exists)."""
+        keys = [as_sample_key(key) for key in keys]
+        batch = self.rows[[key.index for key in keys]]
+        examples = []
+        for position, key in enumerate(keys):
+            rng = sample_rng(self.seed, key)
+            example = {"pixel_values": transform_source(self.image_transform, batch[IMAGE][position], rng)}
+            if LABEL in batch:
+                example["labels"] = batch[LABEL][position]
+            examples.append(example)
+        return examples
 
 
 def collate_examples(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ Same as `hf-classifier predict`.
 
 import sys
 
-from hf_classifier.cli import predict_command, setup_logging
+from hf_classifier.cli import main
 
 if __name__ == "__main__":
-    setup_logging()
-    sys.exit(predict_command(sys.argv[1:]))
+    # Through the CLI's entry point: the same one-line errors (and exit codes) as `hf-classifier predict`.
+    sys.exit(main(["predict", *sys.argv[1:]]))

@@ -10,8 +10,8 @@ Same as `hf-classifier train`; `--help` lists every flag (all TrainingArguments 
 
 import sys
 
-from hf_classifier.cli import setup_logging, train_command
+from hf_classifier.cli import main
 
 if __name__ == "__main__":
-    setup_logging()
-    sys.exit(train_command(sys.argv[1:]))
+    # Through the CLI's entry point: the same one-line errors (and exit codes) as `hf-classifier train`.
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import os
 
-# Nothing in the tests may reach the network; set before transformers/datasets are imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing in the tests may reach the network, whatever the calling environment says (HF_HUB_OFFLINE=0
+# in a shell must not send the suite online): forced, before transformers/datasets are imported.
+OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(OFFLINE_VARIABLES)
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import SMALL_COUNTS, save_checkpoint  # noqa: E402
+from helpers import PLANTED_SECRETS, SMALL_COUNTS, save_checkpoint, train_run  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 torch.set_num_threads(2)
@@ -67,3 +68,36 @@ def hymenoptera() -> Path:
     if not (HYMENOPTERA / "train").is_dir():
         pytest.skip(f"real photos not available at {HYMENOPTERA}")
     return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def trained_model(clean_demo_data, vit_checkpoint, tmp_path_factory) -> Path:
+    """One fine-tuned model shared by the evaluation and publishing tests (training once saves suite time):
+    clean_demo_data's families with their phylum map, train/validation/test splits of different sizes from
+    a `split` column, a licence, and two planted tokens that no written file may contain."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("trained")
+    with clean_demo_data.metadata_csv.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    seen: dict[str, int] = {}
+    for row in rows:  # per family: 1st, 6th, ... image -> test; 2nd, 7th, ... -> validation
+        index = seen[row["family"]] = seen.get(row["family"], -1) + 1
+        row["split"] = {0: "test", 1: "validation"}.get(index % 5, "train")
+    listing = folder / "metadata_with_splits.csv"
+    with listing.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = folder / "run"
+    train_run(
+        out,
+        metadata_csv=listing,
+        image_root=clean_demo_data.root,
+        label_column="family",
+        model_name_or_path=vit_checkpoint,
+        license="cc-by-4.0",
+        hub_token=PLANTED_SECRETS[0],
+        token=PLANTED_SECRETS[1],
+    )
+    return out

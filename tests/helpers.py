@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+
 TINY_VIT = dict(
     image_size=32,
     patch_size=8,
@@ -16,6 +18,12 @@ TINY_VIT = dict(
 )
 TINY_CONVNEXT = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], num_channels=3)
 SMALL_COUNTS = (14, 12, 10, 8, 7, 6)
+
+# Tokens given to the shared trained model's run (conftest `trained_model`): never written or printed.
+PLANTED_SECRETS = ("hf_TrainingHubSecret0123456789", "hf_ModelDownloadSecret987654321")
+
+# What `hf-classifier train` parses.
+TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
 
 
 def save_checkpoint(folder: Path, kind: str = "vit", num_labels: int = 1000) -> Path:
@@ -72,6 +80,15 @@ def make_image_tree(root: Path, layout: dict[str, int], size: tuple[int, int] = 
     return root
 
 
+def flag_value(value) -> str | None:
+    """A Python value as a command-line value: booleans as true/false, None stays None (flag dropped)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def fast_training_flags(output_dir: Path, **overrides) -> list[str]:
     """Flags for a quick CPU run; `overrides` replace or add flags (value None drops one)."""
     flags = {
@@ -87,12 +104,25 @@ def fast_training_flags(output_dir: Path, **overrides) -> list[str]:
         "save_total_limit": "3",
         "seed": "0",
     }
-    flags.update({k: (None if v is None else str(v)) for k, v in overrides.items()})
+    flags.update({k: flag_value(v) for k, v in overrides.items()})
     argv: list[str] = []
     for key, value in flags.items():
         if value is not None:
             argv += [f"--{key}", value]
     return argv
+
+
+def train_argv(output_dir: Path, *leading: str | Path, **flags) -> list[str]:
+    """The argument list of a quick training run: `leading` tokens first (a config file), then the fast
+    flags with `flags` (data_dir=..., model_name_or_path=..., label_column=...) added or replacing them."""
+    return [*map(str, leading), *fast_training_flags(output_dir, **flags)]
+
+
+def train_run(output_dir: Path, *leading: str | Path, callbacks=None, **flags):
+    """Parse `train_argv(...)` as `hf-classifier train` does and run the training; returns its outcome."""
+    from hf_classifier.training import train
+
+    return train(*parse_args(TRAIN_ARGS, train_argv(output_dir, *leading, **flags)), callbacks=callbacks)
 
 
 def textured_photo(seed: int, size: tuple[int, int] = (200, 150)):
@@ -127,15 +157,25 @@ def make_textured_tree(root: Path, layout: dict[str, int], seed: int = 0) -> dic
 SHARD_CLASSES = ["apidae", "formicidae", "vespidae"]
 
 
-def tinted_jpeg(label: int, seed: int, image_format: str = "JPEG") -> bytes:
-    """A textured photo tinted by its class (red, green, blue): learnable in a few steps."""
+def make_tinted_tree(root: Path, per_class: int, tint: float = 100) -> Path:
+    """Class folders apidae, formicidae, vespidae of textured photos tinted red, green, blue."""
+    for label, name in enumerate(SHARD_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"photo{i:03d}.jpg").write_bytes(tinted_jpeg(label, 1000 * label + i, tint=tint))
+    return root
+
+
+def tinted_jpeg(label: int, seed: int, image_format: str = "JPEG", tint: float = 100) -> bytes:
+    """A textured photo tinted by its class (red, green, blue): learnable in a few steps (a weak `tint`
+    makes it learnable over several epochs)."""
     import io
 
     import numpy as np
     from PIL import Image
 
     pixels = np.asarray(textured_photo(seed, (48, 40)), dtype=np.float32) * 0.6
-    pixels[..., label] += 100
+    pixels[..., label] += tint
     buffer = io.BytesIO()
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, image_format)
     return buffer.getvalue()

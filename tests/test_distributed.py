@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fast_training_flags, make_image_tree, tinted_jpeg, write_shards
+from helpers import make_image_tree, tinted_jpeg, train_argv, write_shards
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -39,32 +39,37 @@ def accelerate_launch(script: Path | str, *args: str, processes: int = 2) -> sub
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_freeze_then_unfreeze_under_two_processes(vit_checkpoint, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["freeze_then_unfreeze", "gradual_unfreeze"])
+def test_freezing_strategies_under_two_processes(strategy, vit_checkpoint, tmp_path):
     data = make_image_tree(tmp_path / "data", {"a": 12, "b": 12, "c": 12})
     out = tmp_path / "ranks"
     out.mkdir()
     result = accelerate_launch(
         SCRIPTS / "ddp_freezing.py",
         str(out),
-        "--data_dir",
-        str(data),
-        "--model_name_or_path",
-        str(vit_checkpoint),
-        *fast_training_flags(
+        *train_argv(
             tmp_path / "run",
+            data_dir=data,
+            model_name_or_path=vit_checkpoint,
             num_train_epochs=3,
             per_device_train_batch_size=4,
-            finetune_strategy="freeze_then_unfreeze",
+            finetune_strategy=strategy,
             freeze_epochs=1,
-            learning_rate="5e-3",
+            unfreeze_blocks_per_epoch=1 if strategy == "gradual_unfreeze" else None,
+            learning_rate=5e-3,
         ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # identical weights on both processes after every epoch
     epochs = ranks[0]
-    head_only, everything = epochs["1"]["trainable"], epochs["2"]["trainable"]
-    assert head_only == 2 and everything > head_only
+    trainable = [epochs[str(epoch)]["trainable"] for epoch in (1, 2, 3)]
+    assert trainable[0] == 2  # the head only
+    if strategy == "freeze_then_unfreeze":
+        assert trainable[1] == trainable[2] > 2  # everything at once
+    else:
+        assert 2 < trainable[1] < trainable[2]  # one more depth each epoch
     assert epochs["2"]["backbone_sum"] != epochs["1"]["backbone_sum"]  # unfrozen gradients flowed and synced
     assert epochs["3"]["backbone_sum"] != epochs["2"]["backbone_sum"]
     assert (tmp_path / "run" / "model.safetensors").is_file()
@@ -87,6 +92,7 @@ def make_tinted_tree(root: Path, layout: dict[str, int]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_two_process_train_evaluate_predict_match_one_process(vit_checkpoint, tmp_path):
     """The same commands under `accelerate launch` (2 gloo processes, 4 images each per step) give
     what one process gives with 8 images per step: same batches, gradients averaged across the
@@ -98,21 +104,16 @@ def test_two_process_train_evaluate_predict_match_one_process(vit_checkpoint, tm
     )
 
     def train_flags(output_dir: Path, per_device_batch: int) -> list[str]:
-        return [
-            "--data_dir",
-            str(data),
-            "--model_name_or_path",
-            str(vit_checkpoint),
-            "--augmentation",
-            "none",  # random augmentation draws differ between processes
-            *fast_training_flags(
-                output_dir,
-                num_train_epochs=3,
-                per_device_train_batch_size=per_device_batch,
-                per_device_eval_batch_size=4,
-                learning_rate="5e-3",
-            ),
-        ]
+        return train_argv(
+            output_dir,
+            data_dir=data,
+            model_name_or_path=vit_checkpoint,
+            augmentation="none",  # random augmentation draws differ between processes
+            num_train_epochs=3,
+            per_device_train_batch_size=per_device_batch,
+            per_device_eval_batch_size=4,
+            learning_rate=5e-3,
+        )
 
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_module("hf_classifier", "train", *train_flags(one, 8))
@@ -178,32 +179,41 @@ def test_two_process_train_evaluate_predict_match_one_process(vit_checkpoint, tm
             assert float(first[2]) == pytest.approx(float(second[2]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_streaming_reads_each_shard_once(vit_checkpoint, tmp_path):
     shards = tmp_path / "shards"
     write_shards(shards, "train", 32, 8)  # 4 shards: 2 per process
     write_shards(shards, "validation", 9, 9)
     (shards / "classes.txt").write_text("apidae\nformicidae\nvespidae\n")
-    out = tmp_path / "run"
+    out, reads = tmp_path / "run", tmp_path / "reads"
+    reads.mkdir()
     result = accelerate_launch(
-        "hf_classifier",
-        "train",
-        "--data_dir",
-        str(shards),
-        "--streaming",
-        "true",
-        "--label_column",
-        "family",
-        "--model_name_or_path",
-        str(vit_checkpoint),
-        "--max_steps",
-        "6",
-        *fast_training_flags(out, per_device_train_batch_size=4, learning_rate="5e-3"),
+        SCRIPTS / "record_shard_reads.py",
+        str(reads),
+        *train_argv(
+            out,
+            data_dir=shards,
+            streaming=True,
+            label_column="family",
+            model_name_or_path=vit_checkpoint,
+            max_steps=6,
+            per_device_train_batch_size=4,
+            learning_rate=5e-3,
+        ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "some will sit idle" not in result.stderr
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_num_images"] == 9
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+    # Which training shards each process opened (the stream repeats, so a shard may be opened again by
+    # the same process): every shard by exactly one process, and each process has its own two.
+    opened = [
+        {name for name in (reads / f"rank{rank}.txt").read_text().split() if name.startswith("train-")}
+        for rank in (0, 1)
+    ]
+    assert len(opened[0]) == len(opened[1]) == 2 and not opened[0] & opened[1]
+    assert opened[0] | opened[1] == {f"train-{i:05d}.tar" for i in range(4)}
 
 
 def test_example_accelerate_configs_load_with_accelerate():

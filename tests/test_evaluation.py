@@ -9,22 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fast_training_flags, make_image_tree
+from helpers import fast_training_flags, make_image_tree, train_run
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
 from hf_classifier.cli import main
 from hf_classifier.compare import macro_f1, paired_bootstrap
 from hf_classifier.evaluation import classification_report, evaluate_model
 from hf_classifier.hierarchy import label_to_phylum, phylum_of_folder_name
 from hf_classifier.predict import classify
 from hf_classifier.predictor import ExpertsPredictor, ModelPredictor, load_predictor
-from hf_classifier.sources import from_image_folder, from_metadata_csv
-from hf_classifier.training import train
+from hf_classifier.sources import DataSourceError, from_image_folder, from_metadata_csv
 
-TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
 LABELS = ["ardeidae", "felidae", "apidae", "formicidae", "octopodidae"]
 PHYLUM_OF = {
     "ardeidae": "chordata",
@@ -38,6 +35,14 @@ PHYLUM_OF = {
 def read(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def recomputed_macro_f1(rows: list[dict]) -> float:
+    """Macro-F1 of `true` / `predicted` rows (over the classes present in either), by hand."""
+    names = sorted({r["true"] for r in rows} | {r["predicted"] for r in rows})
+    truth = np.array([names.index(r["true"]) for r in rows])
+    guess = np.array([names.index(r["predicted"]) for r in rows])
+    return float(macro_f1(truth, guess, len(names))[0])
 
 
 # ---------------------------------------------------------------- metrics by hand
@@ -115,24 +120,10 @@ def test_phylum_from_folder_names_and_from_a_column(clean_demo_data, tmp_path):
 # ---------------------------------------------------------------- a trained model, evaluated
 
 
-@pytest.fixture(scope="module")
-def family_model(clean_demo_data, vit_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("family-model") / "run"
-    train(
-        *parse_args(
-            TRAIN_ARGS,
-            [
-                "--data_dir",
-                str(clean_demo_data.root),
-                "--label_column",
-                "family",
-                "--model_name_or_path",
-                str(vit_checkpoint),
-                *fast_training_flags(out),
-            ],
-        )
-    )
-    return out
+@pytest.fixture
+def family_model(trained_model) -> Path:
+    """The session's shared model (conftest `trained_model`): clean_demo_data's families."""
+    return trained_model
 
 
 def test_phylum_map_is_saved_and_predict_writes_a_phylum_column(family_model, clean_demo_data, tmp_path):
@@ -245,25 +236,17 @@ def test_flip_tta_averages_the_image_and_its_mirror(family_model, tmp_path):
 # ---------------------------------------------------------------- multitask, experts, compare
 
 
+@pytest.mark.slow
 def test_multitask_trains_a_phylum_head_but_saves_a_plain_family_model(
     clean_demo_data, vit_checkpoint, tmp_path
 ):
     out = tmp_path / "multitask"
-    train(
-        *parse_args(
-            TRAIN_ARGS,
-            [
-                "--data_dir",
-                str(clean_demo_data.root),
-                "--label_column",
-                "family",
-                "--model_name_or_path",
-                str(vit_checkpoint),
-                "--hierarchy",
-                "multitask",
-                *fast_training_flags(out),
-            ],
-        )
+    train_run(
+        out,
+        data_dir=clean_demo_data.root,
+        label_column="family",
+        model_name_or_path=vit_checkpoint,
+        hierarchy="multitask",
     )
     weights = load_file(out / "model.safetensors")
     assert not any(key.startswith("phylum_head") for key in weights)
@@ -279,49 +262,34 @@ def test_multitask_trains_a_phylum_head_but_saves_a_plain_family_model(
 
 def test_multitask_without_a_hierarchy_is_a_clear_error(tmp_path, vit_checkpoint):
     root = make_image_tree(tmp_path / "data", {"cats": 6, "dogs": 6})
-    with pytest.raises(Exception, match="phylum"):
-        train(
-            *parse_args(
-                TRAIN_ARGS,
-                [
-                    "--data_dir",
-                    str(root),
-                    "--model_name_or_path",
-                    str(vit_checkpoint),
-                    "--hierarchy",
-                    "multitask",
-                    *fast_training_flags(tmp_path / "o"),
-                ],
-            )
-        )
+    with pytest.raises(DataSourceError, match="phylum"):
+        train_run(tmp_path / "o", data_dir=root, model_name_or_path=vit_checkpoint, hierarchy="multitask")
 
 
+@pytest.mark.slow
 def test_experts_route_each_image_to_the_family_model_of_its_phylum(
     clean_demo_data, vit_checkpoint, tmp_path
 ):
     out = tmp_path / "experts"
-    train(
-        *parse_args(
-            TRAIN_ARGS,
-            [
-                "--data_dir",
-                str(clean_demo_data.root),
-                "--label_column",
-                "family",
-                "--model_name_or_path",
-                str(vit_checkpoint),
-                "--hierarchy",
-                "experts",
-                *fast_training_flags(out, num_train_epochs=1),
-            ],
-        )
+    train_run(
+        out,
+        data_dir=clean_demo_data.root,
+        label_column="family",
+        model_name_or_path=vit_checkpoint,
+        hierarchy="experts",
+        num_train_epochs=1,
     )
     spec = json.loads((out / "experts.json").read_text())
     assert spec["experts"] == {"arthropoda": "family_arthropoda", "chordata": "family_chordata"}
     assert spec["single_family"] == {"cnidaria": "acroporidae", "mollusca": "octopodidae"}
     router_labels = json.loads((out / "router" / "config.json").read_text())["id2label"].values()
     assert sorted(router_labels) == ["arthropoda", "chordata", "cnidaria", "mollusca"]
-    assert json.loads((out / "eval_results.json").read_text())["eval_f1_macro"] >= 0
+    # The validation figures are the experts' own, on the validation split: recomputed from its predictions.
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    rows = read(out / "evaluation_validation" / "predictions.csv")
+    validation_size = json.loads((out / "evaluation_validation" / "metrics.json").read_text())["num_images"]
+    assert len(rows) == validation_size == len(read(out / "splits" / "validation.csv"))
+    assert eval_results["eval_f1_macro"] == pytest.approx(recomputed_macro_f1(rows), abs=1e-6)
 
     predictor = load_predictor(out)
     assert isinstance(predictor, ExpertsPredictor)
@@ -353,6 +321,7 @@ def test_experts_route_each_image_to_the_family_model_of_its_phylum(
     assert all(row["phylum"] == spec["phylum_of"][row["family"]] for row in rows if not row["error"])
 
 
+@pytest.mark.slow
 def test_compare_trains_every_strategy_on_the_same_splits(clean_demo_data, vit_checkpoint, tmp_path):
     splits = tmp_path / "splits"
     assert (
@@ -389,10 +358,16 @@ def test_compare_trains_every_strategy_on_the_same_splits(clean_demo_data, vit_c
     )
     results = json.loads((out / "comparison.json").read_text())
     assert [r["strategy"] for r in results] == ["flat", "multitask", "experts"]
-    for result in results:
-        assert 0 <= result["family_f1_macro"] <= 1 and 0 <= result["phylum_f1_macro"] <= 1
-        assert result["parameters"] > 0 and result["cross_phylum_errors"] >= 0
-        assert result["evaluated_on"].startswith("test")
+    phylum_of = {f.family: f.phylum for f in clean_demo_data.families}
+    test_size = len(read(splits / "test.csv"))
+    for result in results:  # each figure recomputed from that strategy's own test predictions
+        rows = read(out / result["strategy"] / "evaluation_test" / "predictions.csv")
+        assert len(rows) == test_size and result["evaluated_on"] == f"test ({test_size} images)"
+        assert result["family_f1_macro"] == pytest.approx(recomputed_macro_f1(rows), abs=1e-6)
+        as_phyla = [{"true": phylum_of[r["true"]], "predicted": phylum_of[r["predicted"]]} for r in rows]
+        assert result["phylum_f1_macro"] == pytest.approx(recomputed_macro_f1(as_phyla), abs=1e-6)
+        assert result["cross_phylum_errors"] == sum(r["true"] != r["predicted"] for r in as_phyla)
+        assert result["parameters"] == load_predictor(out / result["strategy"]).num_parameters()
     assert results[2]["parameters"] > results[0]["parameters"]  # a router and two family models
     assert "f1_macro_vs_flat" in results[1] and "f1_macro_vs_flat" in results[2]
     table = (out / "comparison.md").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fast_training_flags, make_image_tree, save_checkpoint
+from helpers import make_image_tree, save_checkpoint, train_run
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForImageClassification,
@@ -24,13 +24,10 @@ from transformers import (
     ViTConfig,
 )
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
 from hf_classifier.depth import UnsupportedArchitectureError, map_depths
 from hf_classifier.finetuning import FinetunePlan, skips_weight_decay
 from hf_classifier.trainer import NonFiniteLossError
-from hf_classifier.training import train
 
-TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
 LR, HEAD_LR = 1e-3, 4e-3
 
 
@@ -50,6 +47,10 @@ class Recorder(TrainerCallback):
 
     def __init__(self):
         self.steps = []
+        self.initial: dict[str, torch.Tensor] = {}  # the weights training started from (new head included)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.initial = {n: p.detach().clone() for n, p in model.state_dict().items()}
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.steps.append(
@@ -73,14 +74,9 @@ class Recorder(TrainerCallback):
 def run(tmp_path: Path, checkpoint: Path, data_root: Path, **flags):
     recorder = Recorder()
     flags = {"learning_rate": LR, "per_device_train_batch_size": 8, **flags}
-    argv = [
-        "--data_dir",
-        str(data_root),
-        "--model_name_or_path",
-        str(checkpoint),
-        *fast_training_flags(tmp_path / "run", **flags),
-    ]
-    outcome = train(*parse_args(TRAIN_ARGS, argv), callbacks=[recorder])
+    outcome = train_run(
+        tmp_path / "run", data_dir=data_root, model_name_or_path=checkpoint, callbacks=[recorder], **flags
+    )
     model = AutoModelForImageClassification.from_pretrained(checkpoint)
     depth_map = map_depths(model)
     return outcome, recorder, depth_map
@@ -260,8 +256,13 @@ def test_freeze_then_unfreeze_with_layer_decay(fixture, request, data_root, tmp_
     assert 0 < rate(first_of_epoch_1, top, head=True) <= HEAD_LR
 
 
-@pytest.mark.parametrize("fixture", ["vit_checkpoint", "convnext_checkpoint"])
-def test_gradual_unfreeze_thaws_from_the_top_down(fixture, request, data_root, tmp_path):
+@pytest.mark.parametrize(
+    "fixture,accumulation",
+    [("vit_checkpoint", 1), ("convnext_checkpoint", 1), ("vit_checkpoint", 2)],
+)
+def test_gradual_unfreeze_thaws_from_the_top_down(fixture, accumulation, request, data_root, tmp_path):
+    # With accumulation, an epoch is fewer optimizer steps (6 batches -> 3 steps): the schedule must count
+    # optimizer steps, or each depth would thaw an epoch late.
     _, recorder, depth_map = run(
         tmp_path,
         request.getfixturevalue(fixture),
@@ -270,9 +271,13 @@ def test_gradual_unfreeze_thaws_from_the_top_down(fixture, request, data_root, t
         freeze_epochs=1,
         unfreeze_blocks_per_epoch=2,
         num_train_epochs=4,
+        gradient_accumulation_steps=accumulation,
     )
     top = depth_map.top
-    for epoch, steps in recorder.by_epoch().items():
+    epochs = recorder.by_epoch()
+    assert sorted(epochs) == [0, 1, 2, 3]
+    assert all(len(steps) == 6 // accumulation for steps in epochs.values())
+    for epoch, steps in epochs.items():
         lowest_trained = (
             top - 2 * epoch + 1 if epoch else None
         )  # epoch 1: top and top-1; epoch 2: down to top-3
@@ -318,9 +323,9 @@ def test_frozen_batch_norm_statistics_do_not_move(resnet_checkpoint, data_root, 
     after = load_file(outcome.output_dir / "model.safetensors")
     stats = [k for k in before if k.endswith("running_mean")]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
-    assert not torch.equal(
-        before["classifier.1.weight"][:3], after["classifier.1.weight"]
-    )  # the head learned
+    head = "classifier.1.weight"
+    assert recorder.initial[head].shape == after[head].shape == (3, 32)
+    assert not torch.equal(recorder.initial[head], after[head])  # the new head learned
 
 
 def test_plan_validation():
@@ -370,13 +375,12 @@ class PoisonWeights(TrainerCallback):
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(vit_checkpoint, data_root, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "--data_dir",
-        str(data_root),
-        "--model_name_or_path",
-        str(vit_checkpoint),
-        *fast_training_flags(
+    with pytest.raises(NonFiniteLossError) as error:
+        train_run(
             out,
+            data_dir=data_root,
+            model_name_or_path=vit_checkpoint,
+            callbacks=[PoisonWeights(step=4)],
             num_train_epochs=3,
             per_device_train_batch_size=8,
             save_strategy="steps",
@@ -384,10 +388,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(vit_checkpo
             eval_strategy="steps",
             eval_steps=3,
             logging_steps=1,
-        ),
-    ]
-    with pytest.raises(NonFiniteLossError) as error:
-        train(*parse_args(TRAIN_ARGS, argv), callbacks=[PoisonWeights(step=4)])
+        )
     assert "checkpoint-3" in str(error.value) and "--learning_rate" in str(error.value)
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-3"]  # nothing was saved after the NaN

@@ -207,3 +207,46 @@ def test_draft_decoding_leaves_a_callers_image_alone_and_reports_oversized_files
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
     with pytest.raises(BadImageError, match="big.jpg.*too large"):
         decode_image(str(tmp_path / "big.jpg"), (224, 224))
+
+
+def test_a_bad_image_past_the_first_check_chunk_drops_exactly_its_own_row(tmp_path, monkeypatch):
+    """The check reads images in chunks (2,048 by default; 5 here): a bad file in a later chunk must be
+    reported and removed by its row in the whole split, not by its place inside the chunk."""
+    import csv
+
+    import hf_classifier.quality as quality
+    from hf_classifier.sources import IMAGE, from_image_folder
+
+    monkeypatch.setattr(quality, "_CHUNK", 5)
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    for i in range(13):
+        Image.new("RGB", (12, 10), (20 * i, 40, 90)).save(tmp_path / "data" / "cats" / f"{i:02d}.jpg")
+    data = from_image_folder(tmp_path / "data")
+    before = list(data.splits["train"][IMAGE])
+    broken = before[7]  # in the second chunk (rows 5-9), at offset 2 there
+    with open(broken, "wb") as handle:
+        handle.write(b"not an image")
+    kept = quality.drop_bad_images(data, skip=True, report_dir=tmp_path, num_workers=1)
+    with (tmp_path / quality.BAD_IMAGES_FILE).open(encoding="utf-8") as handle:
+        listed = [row["path"] for row in csv.DictReader(handle)]
+    after = list(kept.splits["train"][IMAGE])
+    assert listed == [broken]
+    assert [path for path in before if path not in after] == [broken]
+    assert len(after) == len(before) - 1
+
+
+def test_a_too_large_image_is_caught_by_the_up_front_check(tmp_path, monkeypatch):
+    """README: an image beyond Pillow's decompression-bomb limit stops the run before training, named."""
+    import hf_classifier.quality as quality
+    from hf_classifier.sources import from_image_folder
+
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (40, 30), (10, 60 * i, 90)).save(tmp_path / "data" / "cats" / f"small{i}.jpg")
+    Image.new("RGB", (800, 600), (200, 120, 10)).save(tmp_path / "data" / "cats" / "huge.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 480,000 px > 2 x limit: refused
+    data = from_image_folder(tmp_path / "data")
+    with pytest.raises(quality.BadImagesError, match=r"1 of 3 images.*\n.*huge\.jpg: too large"):
+        quality.drop_bad_images(data, skip=False, report_dir=tmp_path, num_workers=1)
+    with (tmp_path / quality.BAD_IMAGES_FILE).open(encoding="utf-8") as handle:
+        assert handle.read().count("too large") == 1

@@ -10,20 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fast_training_flags, make_textured_tree, textured_photo
+from helpers import make_textured_tree, textured_photo, train_run
 from PIL import Image
 from transformers import ConvNextImageProcessor, ViTImageProcessor
 
 import hf_classifier.prepare as prepare
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.arguments import ClassifierTrainingArguments
 from hf_classifier.images import BadImageError, decode_image
 from hf_classifier.prepare import prepare_split, prepared_size, stored_size_for
 from hf_classifier.quality import BadImagesError
 from hf_classifier.sources import FILE_PATH, IMAGE, LABEL, from_image_folder
-from hf_classifier.training import train
 from hf_classifier.transforms import create_transform
-
-TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
 
 
 @pytest.fixture
@@ -124,21 +121,16 @@ def test_bad_files_are_recorded_and_handled_like_the_foundation(photos, tmp_path
     reasons = {Path(path).name: reason for _, path, reason in bad}
     assert set(reasons) == {"empty.jpg", "truncated.jpg"} and "truncated" in reasons["truncated.jpg"]
 
-    common = [
-        "--data_dir",
-        str(photos),
-        "--model_name_or_path",
-        str(vit_checkpoint),
-        "--prepare",
-        "--prepared_cache_dir",
-        str(tmp_path / "cache"),
-    ]
-    with pytest.raises(BadImagesError, match="empty.jpg"):
-        train(*parse_args(TRAIN_ARGS, [*common, *fast_training_flags(tmp_path / "stop")]))
-    out = tmp_path / "run"
-    train(
-        *parse_args(TRAIN_ARGS, [*common, "--skip_bad_images", *fast_training_flags(out, num_train_epochs=1)])
+    common = dict(
+        data_dir=photos,
+        model_name_or_path=vit_checkpoint,
+        prepare=True,
+        prepared_cache_dir=tmp_path / "cache",
     )
+    with pytest.raises(BadImagesError, match="empty.jpg"):
+        train_run(tmp_path / "stop", **common)
+    out = tmp_path / "run"
+    train_run(out, skip_bad_images=True, num_train_epochs=1, **common)
     assert (out / "bad_images.csv").read_text().count("\n") == 3 and (out / "model.safetensors").is_file()
 
 
@@ -207,11 +199,18 @@ def test_raw_ppm_fast_path_matches_pillow():
         decode_image(b"P6\n2 2\n255\n" + bytes(11))
 
 
-def test_loader_and_device_defaults_fit_the_machine(tmp_path):
-    from hf_classifier.images import available_cpus
+def test_loader_and_device_defaults_fit_the_machine(tmp_path, monkeypatch):
+    import hf_classifier.arguments as arguments
 
+    # Workers: the usable CPUs shared among this machine's processes, one left to each main process.
+    monkeypatch.setattr(arguments, "available_cpus", lambda: 8)
+    monkeypatch.setattr(arguments, "cpu_quota", lambda *args: None)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert ClassifierTrainingArguments(output_dir=str(tmp_path)).dataloader_num_workers == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert ClassifierTrainingArguments(output_dir=str(tmp_path)).dataloader_num_workers == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     args = ClassifierTrainingArguments(output_dir=str(tmp_path))
-    assert args.dataloader_num_workers == available_cpus()
     assert args.dataloader_persistent_workers and args.dataloader_prefetch_factor == 4
     if not torch.cuda.is_available():
         assert args.bf16 is False and not args.tf32 and not args.dataloader_pin_memory

@@ -9,51 +9,36 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import fast_training_flags, make_image_tree
+from helpers import PLANTED_SECRETS, make_image_tree, train_run
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from transformers import pipeline
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
 from hf_classifier.cli import main
 from hf_classifier.hub import HubUnavailableError
 from hf_classifier.publish import PublishError, collect_upload_set, push_model_folder
-from hf_classifier.training import train
 
-TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
-SECRETS = ("hf_TrainingHubSecret0123456789", "hf_ModelDownloadSecret987654321")
+SECRETS = PLANTED_SECRETS  # given to the shared trained model's run (conftest `trained_model`)
 ODD_LABELS = ['ardeidae: "herons"', "müller's wrens", "pipe|family", "東京 beetles"]
 
 
+@pytest.fixture
+def trained(trained_model) -> Path:
+    """The session's shared model (conftest `trained_model`): a test split, a licence, two planted tokens."""
+    return trained_model
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, vit_checkpoint) -> Path:
-    """A run on classes with quotes, colons, a pipe and unicode, with a test split and two planted tokens."""
+def odd_labels_model(tmp_path_factory, vit_checkpoint) -> Path:
+    """A short run on classes with quotes, colons, a pipe and unicode, with a test split."""
     root = tmp_path_factory.mktemp("odd")
     layout = {
         f"{split}/{label}": count for label in ODD_LABELS for split, count in (("train", 8), ("test", 3))
     }
     data = make_image_tree(root / "data", layout)
-    out = root / "run"
-    train(
-        *parse_args(
-            TRAIN_ARGS,
-            [
-                "--data_dir",
-                str(data),
-                "--model_name_or_path",
-                str(vit_checkpoint),
-                "--license",
-                "cc-by-4.0",
-                "--hub_token",
-                SECRETS[0],
-                "--token",
-                SECRETS[1],
-                *fast_training_flags(out),
-            ],
-        )
-    )
-    return out
+    train_run(root / "run", data_dir=data, model_name_or_path=vit_checkpoint, num_train_epochs=1)
+    return root / "run"
 
 
 def files_below(folder: Path) -> list[Path]:
@@ -93,16 +78,18 @@ def test_card_parses_back_with_the_runs_own_numbers(trained):
     assert "More information needed" not in text
 
 
-def test_odd_labels_survive_config_card_pipeline_and_predict(trained, tmp_path):
-    config = json.loads((trained / "config.json").read_text(encoding="utf-8"))
+def test_odd_labels_survive_config_card_pipeline_and_predict(odd_labels_model, tmp_path):
+    config = json.loads((odd_labels_model / "config.json").read_text(encoding="utf-8"))
     assert sorted(config["id2label"].values()) == sorted(ODD_LABELS)
-    text = (trained / "README.md").read_text(encoding="utf-8")
+    text = (odd_labels_model / "README.md").read_text(encoding="utf-8")
     assert 'ardeidae: "herons"' in text and "müller's wrens" in text and "東京 beetles" in text
     assert "pipe\\|family" in text  # escaped inside the Markdown tables
     assert "| pipe|family |" not in text
     labels = {
         row["label"]
-        for row in pipeline("image-classification", model=str(trained))(Image.new("RGB", (40, 40)), top_k=4)
+        for row in pipeline("image-classification", model=str(odd_labels_model))(
+            Image.new("RGB", (40, 40)), top_k=4
+        )
     }
     assert labels == set(ODD_LABELS)
 
@@ -152,10 +139,11 @@ def test_dry_run_writes_exactly_the_upload_set_and_it_loads_in_pipeline(trained,
     assert written == collect_upload_set(trained)
     assert "nothing was sent" in capsys.readouterr().out
     card = (dry / "README.md").read_text(encoding="utf-8")
-    assert 'model="biologist/odd-families"' in card and "--model biologist/odd-families" in card
+    assert 'model="biologist/odd-families"' in card  # the repository id, where the card shows how to load
     assert str(trained) not in card
-    result = pipeline("image-classification", model=str(dry))(Image.new("RGB", (30, 30)))
-    assert result[0]["label"] in ODD_LABELS
+    result = pipeline("image-classification", model=str(dry))(Image.new("RGB", (30, 30)), top_k=10)
+    labels = json.loads((trained / "config.json").read_text())["id2label"].values()
+    assert sorted(row["label"] for row in result) == sorted(labels)
     with pytest.raises(PublishError, match="not empty"):
         push_model_folder(trained, repo_id="a/b", dry_run=dry)
 
@@ -221,20 +209,8 @@ def test_train_push_to_hub_offline_fails_before_training(tmp_path, vit_checkpoin
     out = tmp_path / "run"
     started = time.monotonic()
     with pytest.raises(HubUnavailableError):
-        train(
-            *parse_args(
-                TRAIN_ARGS,
-                [
-                    "--data_dir",
-                    str(data),
-                    "--model_name_or_path",
-                    str(vit_checkpoint),
-                    "--push_to_hub",
-                    "--hub_model_id",
-                    "me/model",
-                    *fast_training_flags(out),
-                ],
-            )
+        train_run(
+            out, data_dir=data, model_name_or_path=vit_checkpoint, push_to_hub=True, hub_model_id="me/model"
         )
     assert time.monotonic() - started < 10
     assert not (out / "model.safetensors").exists()
@@ -253,3 +229,65 @@ def test_experts_and_non_model_folders_are_refused_clearly(tmp_path):
         collect_upload_set(half)
     with pytest.raises(PublishError, match="is not a folder"):
         collect_upload_set(tmp_path / "missing")
+
+
+def test_card_metadata_base_model_datasets_and_licence_fallback(trained, vit_checkpoint, tmp_path):
+    """The card's `base_model`, `datasets` and `license` come from the run's summary; without a licence
+    the card says `other` and tells the reader to check; the base model's own card supplies one."""
+    import shutil
+
+    from hf_classifier.model_card import SUMMARY_FILE, base_model_license, render_model_card
+
+    # The shared run: a local checkpoint (no Hub reference), Rare Species columns, --license given.
+    data = ModelCard.load(trained / "README.md").data.to_dict()
+    assert "base_model" not in data and data["datasets"] == ["imageomics/rare-species"]
+    assert data["license"] == "cc-by-4.0"
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
+    summary.update(base_model="google/vit-base-patch16-224", dataset_id="someone/beetles", license=None)
+    (folder / SUMMARY_FILE).write_text(json.dumps(summary))
+    card = render_model_card(folder)
+    data = card.data.to_dict()
+    assert data["base_model"] == "google/vit-base-patch16-224" and data["datasets"] == ["someone/beetles"]
+    assert data["license"] == "other" and "pass `--license` when training" in card.text
+    assert "https://huggingface.co/google/vit-base-patch16-224" in card.text
+
+    # The licence fallback: the base checkpoint's own card, when there is one on disk.
+    assert base_model_license(str(vit_checkpoint)) is None  # no README.md in that folder
+    with_card = tmp_path / "base"
+    shutil.copytree(vit_checkpoint, with_card)
+    (with_card / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A base model\n")
+    assert base_model_license(str(with_card)) == "apache-2.0"
+
+
+@pytest.mark.parametrize("how", ["flag", "HF_TOKEN"])
+def test_the_token_is_used_but_never_printed_or_logged(
+    trained, reachable_hub, monkeypatch, capsys, caplog, how
+):
+    from huggingface_hub import get_token
+
+    secret = "hf_PrintedNowhere0123456789abcdef"
+    seen = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        seen["token"] = self.token or get_token()  # what the request would authenticate with
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.create_repo", create_repo)
+    monkeypatch.setattr("huggingface_hub.HfApi.create_branch", lambda *args, **kwargs: None)
+    monkeypatch.setattr("huggingface_hub.HfApi.upload_folder", upload_folder)
+    argv = ["push", str(trained), "--repo_id", "me/model"]
+    if how == "flag":
+        argv += ["--token", secret]
+    else:
+        monkeypatch.setenv("HF_TOKEN", secret)
+    with caplog.at_level("DEBUG"):
+        assert main(argv) == 0
+    assert seen["token"] == secret
+    captured = capsys.readouterr()
+    assert "commit/abc" in captured.out + captured.err + caplog.text  # the run did report
+    assert secret not in captured.out + captured.err + caplog.text

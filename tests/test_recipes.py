@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TRAIN_ARGS, train_run
 from transformers import (
     AutoModelForImageClassification,
     BitImageProcessor,
@@ -17,12 +18,11 @@ from transformers import (
     ViTConfig,
 )
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
-from hf_classifier.training import finetune_plan, train
+from hf_classifier.arguments import parse_args
+from hf_classifier.training import finetune_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
-TRAIN_ARGS = (DataArguments, ModelArguments, ClassifierTrainingArguments)
 TINY = {  # a small model of each recipe's architecture, built from a config
     "google/vit-base-patch16-224-in21k": lambda: ViTConfig(
         image_size=32,
@@ -75,6 +75,7 @@ def test_recipe_parses_and_its_plan_fits_the_architecture(name, tmp_path):
     assert plan.rate_at_depth(0) < plan.rate_at_depth(plan.depth_map.top) or training_args.layer_decay == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,checkpoint_id",
     [("resnet50.yaml", "microsoft/resnet-50"), ("dinov2_small.yaml", "facebook/dinov2-small")],
@@ -87,33 +88,21 @@ def test_recipe_runs_end_to_end(name, checkpoint_id, clean_demo_data, tmp_path):
     )
     out = tmp_path / "run"
     # The recipe as written (Rare Species layout, label_column family), on a tiny stand-in model.
-    train(
-        *parse_args(
-            TRAIN_ARGS,
-            [
-                str(CONFIGS / name),
-                "--data_dir",
-                str(clean_demo_data.root),
-                "--model_name_or_path",
-                str(checkpoint),
-                "--output_dir",
-                str(out),
-                "--num_train_epochs",
-                "3",
-                "--freeze_epochs",
-                "1",
-                "--bf16",
-                "false",
-                "--per_device_train_batch_size",
-                "8",
-                "--dataloader_num_workers",
-                "0",
-                "--report_to",
-                "none",
-                "--disable_tqdm",
-                "true",
-            ],
-        )
+    train_run(
+        out,
+        CONFIGS / name,
+        data_dir=clean_demo_data.root,
+        model_name_or_path=checkpoint,
+        num_train_epochs=3,
+        freeze_epochs=1,
+        bf16=False,
+        per_device_train_batch_size=8,
+        # the recipe's own values, not the quick-run ones
+        learning_rate=None,
+        per_device_eval_batch_size=None,
+        logging_steps=None,
+        save_total_limit=None,
+        seed=None,
     )
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "trainer_state.json").read_text())["epoch"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,16 +88,27 @@ def test_mixup_targets_are_convex_combinations():
 
 
 def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
-    torch.manual_seed(1)
-    pixels = torch.arange(2, dtype=torch.float32).view(2, 1, 1, 1).expand(2, 3, 20, 20).clone()
-    labels = torch.tensor([0, 1])
-    mixed, targets = Mixer(2, cutmix_alpha=1.0)(pixels, labels)
-    for row in range(2):
-        if torch.equal(mixed[row], pixels[row]):
-            continue  # the permutation may pair an image with itself
-        pasted_share = (mixed[row] != pixels[row]).float().mean().item()
-        own = row
-        assert targets[row, own].item() == pytest.approx(1 - pasted_share, abs=1e-6)
+    # 4 flat images of values 0..3 and labels 0..3: a pasted pixel tells which image it came from.
+    pixels = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 20, 20).clone()
+    labels = torch.arange(4)
+    pasted_rows = 0
+    for seed in range(10):
+        mixed, targets = Mixer(4, cutmix_alpha=1.0)(pixels, labels, rng=np.random.default_rng(seed))
+        torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+        for row in range(4):
+            changed = (mixed[row] != pixels[row]).any(dim=0)  # (20, 20)
+            if not changed.any():  # paired with itself, or an empty box: the image's own label only
+                assert targets[row, row].item() == pytest.approx(1.0)
+                continue
+            pasted_rows += 1
+            (source,) = mixed[row][:, changed].unique().tolist()  # one partner image fills the box
+            rows, cols = changed.nonzero(as_tuple=True)
+            box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert box.all()  # a rectangle
+            share = changed.float().mean().item()
+            assert targets[row, row].item() == pytest.approx(1 - share, abs=1e-6)
+            assert targets[row, int(source)].item() == pytest.approx(share, abs=1e-6)
+    assert pasted_rows >= 10  # most rows of most batches received a box
 
 
 def test_mixer_off_gives_one_hot_targets():

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from helpers import SHARD_CLASSES as CLASSES
-from helpers import fast_training_flags, write_shards
+from helpers import TRAIN_ARGS, train_argv, write_shards
+from transformers import TrainerCallback
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.arguments import DataArguments, parse_args
 from hf_classifier.sources import FILE_PATH, LABEL, DataSourceError
 from hf_classifier.training import train
 
@@ -25,19 +26,17 @@ def shards(tmp_path_factory) -> Path:
 
 
 def streaming_args(shards: Path, output_dir: Path, checkpoint: Path, *extra: str, **overrides):
-    argv = [
-        "--data_dir",
-        str(shards),
-        "--streaming",
-        "true",
-        "--model_name_or_path",
-        str(checkpoint),
-        "--max_steps",
-        "12",
-        *fast_training_flags(output_dir, per_device_train_batch_size=8, learning_rate="5e-3", **overrides),
-        *extra,
-    ]
-    return parse_args((DataArguments, ModelArguments, ClassifierTrainingArguments), argv)
+    argv = train_argv(
+        output_dir,
+        data_dir=shards,
+        streaming=True,
+        model_name_or_path=checkpoint,
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        **overrides,
+    )
+    return parse_args(TRAIN_ARGS, [*argv, *extra])
 
 
 def test_training_streams_shards_with_steps_based_evaluation(shards, vit_checkpoint, tmp_path):
@@ -196,13 +195,25 @@ def test_mixed_formats_unlabelled_samples_and_bad_validation_images(vit_checkpoi
     assert not (out / "bad_images_streamed.tsv").exists()  # every training sample was readable
 
 
+class StepRecorder(TrainerCallback):
+    """The optimizer steps this run took (their global numbers)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 def test_a_streamed_run_resumes_at_once_from_its_last_checkpoint(shards, vit_checkpoint, tmp_path):
     out = tmp_path / "run"
     train(*streaming_args(shards, out, vit_checkpoint))
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
     data_args, model_args, training_args = streaming_args(shards, out, vit_checkpoint)
     training_args.max_steps = 18  # the same command, asked to go further
-    train(data_args, model_args, training_args)
+    steps_taken = StepRecorder()
+    train(data_args, model_args, training_args, callbacks=[steps_taken])
+    assert steps_taken.steps == list(range(13, 19))  # from checkpoint-12 on, not again from step 0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 18
     assert training_args.ignore_data_skip  # no replay of the 12 steps already done
