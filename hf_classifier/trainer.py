@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -201,6 +202,18 @@ class ImageClassificationTrainer(Trainer):
         if keyed:
             sampler = self._key_sampler = EpochKeySampler(sampler)
         return sampler
+
+    # Evaluation and prediction workers live only while they run. Persistent ones would sit beside the
+    # training loader's for the whole run (twice the worker processes and their memory), and Trainer
+    # caches persistent evaluation loaders under one key, "eval", for any data set passed in (which once
+    # made the test figures the validation ones).
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        with _workers_not_persistent(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        with _workers_not_persistent(self.args):
+            return super().get_test_dataloader(test_dataset)
 
     def _mix_generator(self) -> Any:
         """Mixup / CutMix draws for this micro-batch, from (seed, optimizer step, micro-batch, process):
@@ -470,6 +483,16 @@ class ImageClassificationTrainer(Trainer):
         """Make the averaged weights the model's own (before the final save)."""
         if self.ema is not None:
             self.ema.copy_to(self.accelerator.unwrap_model(self.model))
+
+
+@contextlib.contextmanager
+def _workers_not_persistent(args: Any) -> Any:
+    persistent = args.dataloader_persistent_workers
+    args.dataloader_persistent_workers = False
+    try:
+        yield
+    finally:
+        args.dataloader_persistent_workers = persistent
 
 
 def _keep_frozen_batch_norms_in_eval_mode(model: nn.Module) -> None:

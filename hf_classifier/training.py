@@ -314,21 +314,15 @@ def train(
     # persist (so the "test" figures were the validation ones). The test split plays no part in
     # choosing the model: it is scored here only.
     probabilities: dict[str, np.ndarray] = {}
-    # One pass each: loader workers that outlived it would only wait to be shut down.
-    persistent = training_args.dataloader_persistent_workers
-    training_args.dataloader_persistent_workers = False
-    try:
-        for split, prefix in FINAL_SPLITS:
-            if split not in data.splits:
-                continue
-            dataset = data.splits[split].with_transform(eval_transform)
-            output = trainer.predict(dataset, metric_key_prefix=prefix)
-            trainer.log(output.metrics)  # as `evaluate` does: adds the epoch, reaches the report_to loggers
-            report(prefix, output.metrics)
-            metrics.update(output.metrics)
-            probabilities[split] = _probabilities(output, data.splits[split])
-    finally:
-        training_args.dataloader_persistent_workers = persistent
+    for split, prefix in FINAL_SPLITS:
+        if split not in data.splits:
+            continue
+        dataset = data.splits[split].with_transform(eval_transform)
+        output = trainer.predict(dataset, metric_key_prefix=prefix)
+        trainer.log(output.metrics)  # as `evaluate` does: adds the epoch, reaches the report_to loggers
+        report(prefix, output.metrics)
+        metrics.update(output.metrics)
+        probabilities[split] = _probabilities(output, data.splits[split])
 
     if trainer.is_world_process_zero():
         if data_args.streaming:

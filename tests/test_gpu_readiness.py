@@ -371,3 +371,29 @@ def test_default_batch_sizes_come_from_the_device(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Properties())
     assert arguments.default_batch_size() == 128
+
+
+def test_evaluation_loaders_keep_no_workers_beside_the_training_loader(vit_checkpoint, tmp_path):
+    """Persistent evaluation workers would sit beside the training loader's for the whole run (twice the
+    worker processes), and Trainer caches persistent evaluation loaders under one key for any data set
+    (so `evaluate(test)` once re-read validation). Evaluation and prediction loaders are built afresh."""
+    from hf_classifier.transforms import collate_examples
+
+    examples = uint8_examples(8)
+    trainer = make_trainer(
+        build_model(str(vit_checkpoint), ["a", "b"]),
+        vit_checkpoint,
+        tmp_path / "run",
+        train_dataset=examples,
+        eval_dataset=examples[:4],
+        data_collator=collate_examples,
+    )
+    trainer.args.dataloader_num_workers, trainer.args.dataloader_prefetch_factor = 2, 2
+    trainer.args.dataloader_persistent_workers = True  # the default with workers: for the training loader
+    assert trainer.get_train_dataloader().persistent_workers
+    validation = trainer.get_eval_dataloader()
+    other = trainer.get_eval_dataloader(examples)
+    test = trainer.get_test_dataloader(examples[:6])
+    assert not (validation.persistent_workers or other.persistent_workers or test.persistent_workers)
+    assert [len(loader.dataset) for loader in (validation, other, test)] == [4, 8, 6]
+    assert trainer.args.dataloader_persistent_workers  # restored for the next training loader
