@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -218,3 +221,26 @@ def write_shards(
                     info = tarfile.TarInfo(f"{split}_{i:05d}.{name}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
+
+
+def accelerate_launch(script: Path | str, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    # --multi_gpu selects Accelerate's torchrun launcher; on a machine without GPUs the training
+    # arguments switch to the CPU and Accelerate forms a gloo group (`--cpu` would start one process).
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *(["-m", script] if isinstance(script, str) else [str(script)]),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

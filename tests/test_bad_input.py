@@ -71,24 +71,17 @@ def test_csv_listing_a_file_twice_with_different_labels_is_an_error(tmp_path):
         from_metadata_csv(csv_path, label_column="family")
 
 
+def inspect_error(csv_path: Path, tmp_path: Path, capsys) -> str:
+    """`inspect` on a CSV labelled by `family`: it must fail with one line; that line."""
+    argv = ["inspect", "--metadata_csv", str(csv_path), "--label_column", "family"]
+    assert main([*argv, "--output_dir", str(tmp_path / "i")]) == 1
+    return one_line_error(capsys, "inspect")
+
+
 def test_csv_path_escaping_the_image_root_is_refused(tmp_path, capsys):
     photos(tmp_path / "data", ["a.jpg"])
     csv_path = write_csv(tmp_path / "data" / "m.csv", [("a.jpg", "ant"), ("../../etc/passwd", "bee")])
-    assert (
-        main(
-            [
-                "inspect",
-                "--metadata_csv",
-                str(csv_path),
-                "--label_column",
-                "family",
-                "--output_dir",
-                str(tmp_path / "i"),
-            ]
-        )
-        == 1
-    )
-    error = one_line_error(capsys, "inspect")
+    error = inspect_error(csv_path, tmp_path, capsys)
     assert "line(s) 3 points outside the image folder" in error and "'../../etc/passwd'" in error
     assert "--image_root" in error
 
@@ -111,21 +104,7 @@ def test_labels_differing_only_by_case_or_spaces_are_refused(tmp_path):
 def test_non_utf8_csv_is_refused_with_the_line_and_the_fix(tmp_path, capsys):
     photos(tmp_path, ["a.jpg", "b.jpg"])
     csv_path = write_csv(tmp_path / "m.csv", [("a.jpg", "ant"), ("b.jpg", "guêpe")], encoding="latin-1")
-    assert (
-        main(
-            [
-                "inspect",
-                "--metadata_csv",
-                str(csv_path),
-                "--label_column",
-                "family",
-                "--output_dir",
-                str(tmp_path / "i"),
-            ]
-        )
-        == 1
-    )
-    error = one_line_error(capsys, "inspect")
+    error = inspect_error(csv_path, tmp_path, capsys)
     assert "is not UTF-8 text (byte 0xea on line 3)" in error and "CSV UTF-8" in error
 
 

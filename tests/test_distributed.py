@@ -10,33 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_image_tree, tinted_jpeg, train_argv, write_shards
+from helpers import accelerate_launch, make_image_tree, tinted_jpeg, train_argv, write_shards
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
-
-
-def accelerate_launch(script: Path | str, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    # --multi_gpu selects Accelerate's torchrun launcher; on a machine without GPUs the training
-    # arguments switch to the CPU and Accelerate forms a gloo group (`--cpu` would start one process).
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        *(["-m", script] if isinstance(script, str) else [str(script)]),
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.slow

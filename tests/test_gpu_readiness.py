@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_VIT, make_image_tree, save_checkpoint, train_argv
+from helpers import TINY_VIT, accelerate_launch, make_image_tree, save_checkpoint, train_argv
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -38,29 +35,6 @@ def save_dinov2_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def accelerate_launch(*args: str) -> subprocess.CompletedProcess:
-    """Two CPU processes (gloo) under `accelerate launch` (--multi_gpu: torchrun's launcher)."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "hf_classifier",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-
-
 # ---- crashes that are fixed -------------------------------------------------------------------------
 
 
@@ -71,6 +45,7 @@ def test_multitask_dinov2_full_trains_under_ddp(tmp_path):
     data = make_image_tree(tmp_path / "data", MULTITASK_LAYOUT)
     out = tmp_path / "run"
     result = accelerate_launch(
+        "hf_classifier",
         "train",
         *train_argv(
             out,
