@@ -38,12 +38,12 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.data.images import available_cpus  # noqa: E402
+from hf_classifier.data.prepared import prepare_split, prepared_size  # noqa: E402
+from hf_classifier.data.sources import IMAGE, image_files_below  # noqa: E402
 from hf_classifier.io_utils import write_json  # noqa: E402
-from hf_classifier.prepare import prepare_split, prepared_size  # noqa: E402
-from hf_classifier.preview import default_spec  # noqa: E402
-from hf_classifier.sources import IMAGE, image_files_below  # noqa: E402
-from hf_classifier.transforms import ExampleTransform, ImageTransform, get_preset  # noqa: E402
+from hf_classifier.transforms.pipeline import ExampleTransform, ImageTransform, get_preset  # noqa: E402
+from hf_classifier.transforms.preview import default_spec  # noqa: E402
 
 
 class NaiveImages(Dataset):

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import training_throughput  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.data.images import available_cpus  # noqa: E402
 from hf_classifier.io_utils import write_json  # noqa: E402
 
 # bf16 autocast against fp32 over 50 steps of the same batches: the per-step losses drift apart as the
@@ -167,8 +167,8 @@ def environment(args: argparse.Namespace) -> dict:
 def parity_batches(args: argparse.Namespace, processor: Any, count: int) -> tuple[list[dict], list[str]]:
     """`count` examples (uint8 pixels + label) from the real photos, through the evaluation transform:
     deterministic, so both sides see the same pixels."""
-    from hf_classifier.sources import from_image_folder
-    from hf_classifier.transforms import ExampleTransform, create_transform
+    from hf_classifier.data.sources import from_image_folder
+    from hf_classifier.transforms.pipeline import ExampleTransform, create_transform
 
     data = from_image_folder(args.data_dir)
     train = data.splits["train"].shuffle(seed=0)
@@ -195,10 +195,10 @@ def train_losses(
 ) -> list[float]:
     """Per-step training losses of `model` on `examples`, in order, through our Trainer: on the GPU in
     bf16 (`device_side`; CPU bf16 autocast when there is no GPU), or on the CPU in fp32."""
-    from hf_classifier.arguments import ClassifierTrainingArguments
-    from hf_classifier.trainer import ImageClassificationTrainer
-    from hf_classifier.training import finetune_plan
-    from hf_classifier.transforms import collate_examples, create_normalizer
+    from hf_classifier.cli.arguments import ClassifierTrainingArguments
+    from hf_classifier.training.run import finetune_plan
+    from hf_classifier.training.trainer import ImageClassificationTrainer
+    from hf_classifier.transforms.pipeline import collate_examples, create_normalizer
 
     class InOrderTrainer(ImageClassificationTrainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -235,7 +235,7 @@ def train_losses(
 
 
 def parity(args: argparse.Namespace, config: dict, work: Path) -> dict:
-    from hf_classifier.modeling import build_model, load_image_processor
+    from hf_classifier.models.build import build_model, load_image_processor
 
     if args.smoke:
         checkpoint = _tiny_checkpoint(work, "vit-test")
@@ -296,7 +296,7 @@ def _tiny_checkpoint(work: Path, kind: str) -> str:
 
 def _demo_data(work: Path) -> Path:
     """A small Rare-Species-like folder with phyla (`phylum_family` folders), for the multitask runs."""
-    from hf_classifier.synthetic import make_demo_dataset
+    from hf_classifier.quickstart.synthetic import make_demo_dataset
 
     root = work / "demo"
     if not root.is_dir():
@@ -383,8 +383,13 @@ def combination_runs(args: argparse.Namespace, config: dict, work: Path) -> dict
 
 def _train_in_process(argv: list[str]) -> str | None:
     """`hf-classifier train ARGV` in this process; the failure with its traceback's end, or None."""
-    from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
-    from hf_classifier.training import train
+    from hf_classifier.cli.arguments import (
+        ClassifierTrainingArguments,
+        DataArguments,
+        ModelArguments,
+        parse_args,
+    )
+    from hf_classifier.training.run import train
 
     try:
         train(*parse_args((DataArguments, ModelArguments, ClassifierTrainingArguments), argv))
@@ -518,8 +523,8 @@ def throughput(args: argparse.Namespace, config: dict, work: Path) -> dict:
 def predict_speed(args: argparse.Namespace, config: dict, work: Path) -> dict:
     from transformers import AutoModelForImageClassification, pipeline
 
-    from hf_classifier.predict import predict
-    from hf_classifier.sources import image_files_below
+    from hf_classifier.data.sources import image_files_below
+    from hf_classifier.evaluation.predictions import predict
 
     name = config["predict_model"]
     paths = [str(p.resolve()) for p in image_files_below(Path(args.data_dir))[0]][: config["predict_images"]]

@@ -65,16 +65,16 @@ def _loader(dataset, **kwargs):
 
 
 def _transform():
-    from hf_classifier.preview import default_spec
-    from hf_classifier.transforms import ImageTransform, get_preset
+    from hf_classifier.transforms.pipeline import ImageTransform, get_preset
+    from hf_classifier.transforms.preview import default_spec
 
     return ImageTransform(default_spec(224), get_preset("light"))
 
 
 def child_prepared(listing: str, cache: str, _buffer_size: int) -> None:
-    from hf_classifier.prepare import prepare_data, prepared_size
-    from hf_classifier.sources import from_metadata_csv
-    from hf_classifier.transforms import ExampleTransform
+    from hf_classifier.data.prepared import prepare_data, prepared_size
+    from hf_classifier.data.sources import from_metadata_csv
+    from hf_classifier.transforms.pipeline import ExampleTransform
 
     data = from_metadata_csv(listing, label_column="label")
     data, _ = prepare_data(data, prepared_size(224), cache_dir=cache, num_proc=1)
@@ -85,8 +85,8 @@ def child_prepared(listing: str, cache: str, _buffer_size: int) -> None:
 
 
 def child_streaming(shards: str, cache: str, buffer_size: int) -> None:
-    from hf_classifier.arguments import DataArguments
-    from hf_classifier.streaming import StreamTransform, load_streaming_data, training_stream
+    from hf_classifier.cli.arguments import DataArguments
+    from hf_classifier.data.streaming import StreamTransform, load_streaming_data, training_stream
 
     args = DataArguments(data_dir=shards, streaming=True, shuffle_buffer_size=buffer_size)
     source = load_streaming_data(args, seed=0, cache_dir=cache).splits["train"]
@@ -150,7 +150,7 @@ def main() -> None:
         )
         return
 
-    from hf_classifier.sources import image_files_below
+    from hf_classifier.data.sources import image_files_below
 
     root = Path(args.data_dir).resolve()
     photos = image_files_below(root)[0]

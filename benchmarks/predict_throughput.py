@@ -31,10 +31,10 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.data.images import available_cpus  # noqa: E402
+from hf_classifier.data.sources import image_files_below  # noqa: E402
+from hf_classifier.evaluation.predictions import predict  # noqa: E402
 from hf_classifier.io_utils import write_json  # noqa: E402
-from hf_classifier.predict import predict  # noqa: E402
-from hf_classifier.sources import image_files_below  # noqa: E402
 
 MODELS = {
     "vit-ti16": (

@@ -6,7 +6,7 @@ preset, the same epoch budget, several seeds, measured on a data folder or CSV.
         --data_dir ../shared/data/hymenoptera --epochs 3 --seeds 0,1,2 \\
         --json benchmarks/results/recipes_vit_tiny.json
 
-Each row is one recipe, run once per seed through `hf_classifier.training.train` (one process; `--prepare`
+Each row is one recipe, run once per seed through `hf_classifier.training.run.train` (one process; `--prepare`
 decodes every photo once for all runs). Reported per row: validation macro-F1 and accuracy (mean ± sd over
 the seeds) of the model the run keeps, and the wall and CPU time per run (CPU time stays comparable
 between rows on a shared machine). Rows:
@@ -42,14 +42,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_classifier import training  # noqa: E402
-from hf_classifier.arguments import (  # noqa: E402
+from hf_classifier.cli.arguments import (  # noqa: E402
     ClassifierTrainingArguments,
     DataArguments,
     ModelArguments,
     parse_args,
 )
 from hf_classifier.io_utils import write_json, write_text  # noqa: E402
-from hf_classifier.transforms import AUGMENTATION_PRESETS, AugmentationPreset  # noqa: E402
+from hf_classifier.transforms.pipeline import AUGMENTATION_PRESETS, AugmentationPreset  # noqa: E402
 
 # torchvision's RandomResizedCrop defaults + RandomHorizontalFlip: the example script's training transform.
 EXAMPLE_AUGMENTATION = "example_script"

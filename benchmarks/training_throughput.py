@@ -42,8 +42,8 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.arguments import ClassifierTrainingArguments  # noqa: E402
-from hf_classifier.images import available_cpus  # noqa: E402
+from hf_classifier.cli.arguments import ClassifierTrainingArguments  # noqa: E402
+from hf_classifier.data.images import available_cpus  # noqa: E402
 from hf_classifier.io_utils import write_json  # noqa: E402
 
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -142,12 +142,12 @@ def run(
     from PIL import Image
     from torch.utils.data import Dataset
 
-    from hf_classifier.modeling import build_model, is_conv_net
-    from hf_classifier.prepare import prepare_data, stored_size_for
-    from hf_classifier.sources import IMAGE, LABEL, from_image_folder
-    from hf_classifier.trainer import ImageClassificationTrainer
-    from hf_classifier.training import finetune_plan
-    from hf_classifier.transforms import (
+    from hf_classifier.data.prepared import prepare_data, stored_size_for
+    from hf_classifier.data.sources import IMAGE, LABEL, from_image_folder
+    from hf_classifier.models.build import build_model, is_conv_net
+    from hf_classifier.training.run import finetune_plan
+    from hf_classifier.training.trainer import ImageClassificationTrainer
+    from hf_classifier.transforms.pipeline import (
         ExampleTransform,
         Normalize,
         collate_examples,

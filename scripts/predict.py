@@ -8,7 +8,7 @@ Same as `hf-classifier predict`.
 
 import sys
 
-from hf_classifier.cli import main
+from hf_classifier.cli.commands import main
 
 if __name__ == "__main__":
     # Through the CLI's entry point: the same one-line errors (and exit codes) as `hf-classifier predict`.

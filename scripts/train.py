@@ -10,7 +10,7 @@ Same as `hf-classifier train`; `--help` lists every flag (all TrainingArguments 
 
 import sys
 
-from hf_classifier.cli import main
+from hf_classifier.cli.commands import main
 
 if __name__ == "__main__":
     # Through the CLI's entry point: the same one-line errors (and exit codes) as `hf-classifier train`.

@@ -37,7 +37,7 @@ def convnext_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A small Rare-Species-like folder: phylum_family folders, metadata.csv, odd formats, 2 broken files."""
-    from hf_classifier.synthetic import make_demo_dataset
+    from hf_classifier.quickstart.synthetic import make_demo_dataset
 
     return make_demo_dataset(
         tmp_path_factory.mktemp("demo") / "rare_species",
@@ -51,7 +51,7 @@ def demo_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clean_demo_data(tmp_path_factory):
     """Like demo_data but without broken files."""
-    from hf_classifier.synthetic import make_demo_dataset
+    from hf_classifier.quickstart.synthetic import make_demo_dataset
 
     return make_demo_dataset(
         tmp_path_factory.mktemp("clean") / "rare_species",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
 
 TINY_VIT = dict(
     image_size=32,
@@ -123,7 +123,7 @@ def train_argv(output_dir: Path, *leading: str | Path, **flags) -> list[str]:
 
 def train_run(output_dir: Path, *leading: str | Path, callbacks=None, **flags):
     """Parse `train_argv(...)` as `hf-classifier train` does and run the training; returns its outcome."""
-    from hf_classifier.training import train
+    from hf_classifier.training.run import train
 
     return train(*parse_args(TRAIN_ARGS, train_argv(output_dir, *leading, **flags)), callbacks=callbacks)
 

@@ -15,10 +15,10 @@ import pytest
 from helpers import make_image_tree
 from PIL import Image
 
-from hf_classifier.cli import main
-from hf_classifier.images import check_image, decode_image, open_image
-from hf_classifier.quality import drop_bad_images
-from hf_classifier.sources import DataSourceError, from_image_folder, from_metadata_csv
+from hf_classifier.cli.commands import main
+from hf_classifier.data.checks import drop_bad_images
+from hf_classifier.data.images import check_image, decode_image, open_image
+from hf_classifier.data.sources import DataSourceError, from_image_folder, from_metadata_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") 
 
 def check_bad(folder_or_files) -> dict[str, str]:
     """{file name: reason} of the check that runs before training."""
-    from hf_classifier.images import find_bad_images
+    from hf_classifier.data.images import find_bad_images
 
     files = [str(p) for p in folder_or_files]
     return {Path(files[i]).name: reason for i, reason in find_bad_images(files, progress=False)}
@@ -203,8 +203,8 @@ def test_unlistable_class_folder_is_an_error_not_an_empty_class(tmp_path, monkey
 
 
 def test_one_pixel_image_is_accepted(tmp_path, vit_checkpoint):
-    from hf_classifier.modeling import load_image_processor
-    from hf_classifier.transforms import create_transform
+    from hf_classifier.models.build import load_image_processor
+    from hf_classifier.transforms.pipeline import create_transform
 
     Image.new("RGB", (1, 1), (200, 30, 30)).save(tmp_path / "dot.png")
     assert check_image(tmp_path / "dot.png") is None  # a valid image; `inspect` lists it as tiny
@@ -259,7 +259,7 @@ def test_heic_file_is_reported_with_the_plugin_to_install(tmp_path):
 
 
 def test_class_folder_with_a_single_image_stays_in_train(tmp_path, caplog):
-    from hf_classifier.splits import ensure_validation_split
+    from hf_classifier.data.splits import ensure_validation_split
 
     data = photos(
         tmp_path / "data",
@@ -327,7 +327,7 @@ def test_disk_full_during_prepare_is_one_line_and_a_rerun_finishes(tmp_path, mon
 
 
 def test_a_folder_that_cannot_be_written_is_one_line(monkeypatch, capsys):
-    import hf_classifier.cli as cli
+    import hf_classifier.cli.commands as cli
 
     def write_denied(argv):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/report.json")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import TRAIN_ARGS
 
-from hf_classifier.arguments import parse_args
+from hf_classifier.cli.arguments import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

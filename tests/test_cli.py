@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_classifier.cli import main
-from hf_classifier.quickstart import QuickstartArguments, run_quickstart, summary
+from hf_classifier.cli.commands import main
+from hf_classifier.quickstart.run import QuickstartArguments, run_quickstart, summary
 
 
 def test_help_lists_the_commands(capsys):

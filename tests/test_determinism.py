@@ -84,7 +84,7 @@ class _Straight:
 
     def __call__(self, config: str) -> tuple[Path, list[tuple[torch.Tensor, torch.Tensor]]]:
         if config not in self.runs:
-            from hf_classifier.trainer import ImageClassificationTrainer
+            from hf_classifier.training.trainer import ImageClassificationTrainer
 
             inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
             original = ImageClassificationTrainer._prepare_inputs
@@ -160,8 +160,8 @@ def test_a_run_killed_mid_epoch_and_rerun_ends_with_the_same_weights(
 
 
 def test_mixing_draws_come_from_the_step_generator_only():
-    from hf_classifier.regularization import Mixer
-    from hf_classifier.sampling import step_rng
+    from hf_classifier.data.sampling import step_rng
+    from hf_classifier.models.regularization import Mixer
 
     pixels = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
@@ -178,7 +178,7 @@ def test_mixing_draws_come_from_the_step_generator_only():
 
 
 def test_each_micro_batch_of_a_step_mixes_differently_and_a_resumed_step_the_same():
-    from hf_classifier.trainer import ImageClassificationTrainer
+    from hf_classifier.training.trainer import ImageClassificationTrainer
 
     def fresh_trainer(step: int) -> SimpleNamespace:
         return SimpleNamespace(
@@ -206,8 +206,8 @@ def test_the_epoch_reaches_the_key_sampler_where_accelerate_set_epoch_does_not()
     from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
     from torch.utils.data import BatchSampler, DataLoader
 
-    from hf_classifier.sampling import EpochKeySampler, ShuffleSampler
-    from hf_classifier.trainer import _SampleEpochCallback
+    from hf_classifier.data.sampling import EpochKeySampler, ShuffleSampler
+    from hf_classifier.training.trainer import _SampleEpochCallback
 
     keys = EpochKeySampler(ShuffleSampler(12, seed=0))
     loader = DataLoader(
@@ -231,10 +231,10 @@ def test_a_streamed_reader_augments_from_its_own_seeded_generator():
 
     from helpers import tinted_jpeg
 
-    from hf_classifier.preview import default_spec
-    from hf_classifier.sources import FILE_PATH, IMAGE, LABEL
-    from hf_classifier.streaming import StreamTransform
-    from hf_classifier.transforms import ImageTransform, get_preset
+    from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL
+    from hf_classifier.data.streaming import StreamTransform
+    from hf_classifier.transforms.pipeline import ImageTransform, get_preset
+    from hf_classifier.transforms.preview import default_spec
 
     photo = tinted_jpeg(0, seed=1)
     batch = {IMAGE: [photo] * 4, LABEL: [0] * 4, FILE_PATH: [f"train-00000.tar:{i}" for i in range(4)]}
@@ -253,9 +253,9 @@ def test_keyed_training_images_drive_the_processor_fallback_too(tmp_path):
     from helpers import textured_photo
     from transformers import EfficientNetImageProcessor
 
-    from hf_classifier.sampling import SampleKey
-    from hf_classifier.sources import IMAGE, LABEL
-    from hf_classifier.transforms import KeyedTrainingImages, ProcessorTransform, create_transform
+    from hf_classifier.data.sampling import SampleKey
+    from hf_classifier.data.sources import IMAGE, LABEL
+    from hf_classifier.transforms.pipeline import KeyedTrainingImages, ProcessorTransform, create_transform
 
     paths = []
     for i in range(2):

@@ -8,8 +8,8 @@ import random
 from helpers import textured_photo
 from PIL import Image
 
-from hf_classifier.duplicates import content_hash, find_duplicates, near_pairs, perceptual_hash
-from hf_classifier.images import open_image
+from hf_classifier.data.duplicates import content_hash, find_duplicates, near_pairs, perceptual_hash
+from hf_classifier.data.images import open_image
 
 
 def distance(a: int, b: int) -> int:

@@ -14,13 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_classifier.cli import main
-from hf_classifier.compare import macro_f1, paired_bootstrap
-from hf_classifier.evaluation import classification_report, evaluate_model
-from hf_classifier.hierarchy import label_to_phylum, phylum_of_folder_name
-from hf_classifier.predict import classify
-from hf_classifier.predictor import ExpertsPredictor, ModelPredictor, load_predictor
-from hf_classifier.sources import DataSourceError, from_image_folder, from_metadata_csv
+from hf_classifier.cli.commands import main
+from hf_classifier.data.sources import DataSourceError, from_image_folder, from_metadata_csv
+from hf_classifier.evaluation.inference import ExpertsPredictor, ModelPredictor, load_predictor
+from hf_classifier.evaluation.predictions import classify
+from hf_classifier.evaluation.reports import classification_report, evaluate_model
+from hf_classifier.hierarchy.compare import macro_f1, paired_bootstrap
+from hf_classifier.hierarchy.levels import label_to_phylum, phylum_of_folder_name
 
 LABELS = ["ardeidae", "felidae", "apidae", "formicidae", "octopodidae"]
 PHYLUM_OF = {
@@ -90,7 +90,7 @@ def test_classification_report_by_hand():
 
 
 def test_bootstrap_macro_f1_agrees_with_the_metric_module():
-    from hf_classifier.metrics import load_metric
+    from hf_classifier.evaluation.metrics import load_metric
 
     rng = np.random.default_rng(0)
     truth, guess = rng.integers(0, 6, 200), rng.integers(0, 6, 200)

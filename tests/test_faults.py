@@ -76,8 +76,8 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_uninterrupted_result(
 
 
 def test_resume_flag_accepts_a_run_folder_and_rejects_a_missing_one(tmp_path):
-    from hf_classifier.sources import DataSourceError
-    from hf_classifier.training import checkpoint_to_resume
+    from hf_classifier.data.sources import DataSourceError
+    from hf_classifier.training.run import checkpoint_to_resume
 
     run = tmp_path / "run"
     for step, complete in ((3, True), (6, True), (9, False)):
@@ -140,11 +140,11 @@ def test_an_interrupted_model_save_leaves_no_model_file(
 ):
     from transformers import PreTrainedModel
 
-    from hf_classifier.arguments import ClassifierTrainingArguments
-    from hf_classifier.modeling import build_model, load_image_processor
-    from hf_classifier.trainer import ImageClassificationTrainer
-    from hf_classifier.training import finetune_plan
-    from hf_classifier.transforms import create_normalizer
+    from hf_classifier.cli.arguments import ClassifierTrainingArguments
+    from hf_classifier.models.build import build_model, load_image_processor
+    from hf_classifier.training.run import finetune_plan
+    from hf_classifier.training.trainer import ImageClassificationTrainer
+    from hf_classifier.transforms.pipeline import create_normalizer
 
     model = build_model(str(vit_checkpoint), ["a", "b"])
     args = ClassifierTrainingArguments(
@@ -186,7 +186,7 @@ class _RunsCode:
 
 
 def test_pickled_bin_weights_cannot_run_code(vit_checkpoint, tmp_path):
-    from hf_classifier.modeling import build_model
+    from hf_classifier.models.build import build_model
 
     folder = tmp_path / "bin-checkpoint"
     folder.mkdir()
@@ -201,8 +201,8 @@ def test_pickled_bin_weights_cannot_run_code(vit_checkpoint, tmp_path):
 
 
 def test_remote_code_stays_off_unless_asked(vit_checkpoint, tmp_path):
-    from hf_classifier.arguments import ModelArguments
-    from hf_classifier.modeling import build_model
+    from hf_classifier.cli.arguments import ModelArguments
+    from hf_classifier.models.build import build_model
 
     assert ModelArguments(model_name_or_path="x").trust_remote_code is False
     marker = tmp_path / "code-ran"
@@ -225,7 +225,7 @@ def test_remote_code_stays_off_unless_asked(vit_checkpoint, tmp_path):
 
 
 def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
-    from hf_classifier.trainer import complete_checkpoints, rotate_complete_checkpoints
+    from hf_classifier.training.trainer import complete_checkpoints, rotate_complete_checkpoints
 
     run = tmp_path / "run"
     for step, complete in ((2, True), (4, True), (6, True), (8, False)):

@@ -24,9 +24,9 @@ from transformers import (
     ViTConfig,
 )
 
-from hf_classifier.depth import UnsupportedArchitectureError, map_depths
-from hf_classifier.finetuning import FinetunePlan, skips_weight_decay
-from hf_classifier.trainer import NonFiniteLossError
+from hf_classifier.models.depth import UnsupportedArchitectureError, map_depths
+from hf_classifier.models.finetuning import FinetunePlan, skips_weight_decay
+from hf_classifier.training.trainer import NonFiniteLossError
 
 LR, HEAD_LR = 1e-3, 4e-3
 
@@ -398,7 +398,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(vit_checkpo
 
 
 def test_drop_path_rate_is_set_where_it_exists(convnext_checkpoint, vit_checkpoint):
-    from hf_classifier.modeling import build_model
+    from hf_classifier.models.build import build_model
 
     model = build_model(str(convnext_checkpoint), ["a", "b"], drop_path_rate=0.2)
     assert model.config.drop_path_rate == 0.2

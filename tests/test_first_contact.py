@@ -13,14 +13,14 @@ import tomllib
 from helpers import TRAIN_ARGS, make_image_tree, train_run
 from huggingface_hub import constants
 
-from hf_classifier.arguments import (
+from hf_classifier.cli.arguments import (
     DataSourceArguments,
     OptionError,
     PredictArguments,
     SplitArguments,
     parse_args,
 )
-from hf_classifier.cli import main
+from hf_classifier.cli.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING_DATA = "no_such_folder_anywhere"  # read before the option checks, it would give another error
@@ -94,7 +94,7 @@ def test_mistyped_label_column_with_data_dir_names_the_closest_column(tmp_path, 
 
 
 def test_label_column_in_another_case_is_suggested(tmp_path):
-    from hf_classifier.sources import DataSourceError, from_metadata_csv
+    from hf_classifier.data.sources import DataSourceError, from_metadata_csv
 
     (tmp_path / "m.csv").write_text("file_path,Family\na.jpg,x\n")
     with pytest.raises(DataSourceError, match="Did you mean --label_column Family"):
@@ -274,7 +274,7 @@ def test_hub_strategy_other_than_end_is_refused_with_the_alternative(capsys, tmp
 
 def test_hub_strategy_end_pushes_the_finished_model_once(tmp_path, vit_checkpoint, monkeypatch):
     """At the network boundary: Trainer's own per-save pushes would call upload_folder once per checkpoint."""
-    import hf_classifier.publish as publish
+    import hf_classifier.hub.publish as publish
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -14,11 +14,16 @@ from helpers import TINY_VIT, accelerate_launch, make_image_tree, save_checkpoin
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from hf_classifier import arguments
-from hf_classifier.arguments import ClassifierTrainingArguments, OptionError
-from hf_classifier.modeling import PHYLUM_LOGITS, attach_phylum_head, build_model, parameters_without_gradient
-from hf_classifier.regularization import ModelEMA
-from hf_classifier.transforms import Normalize, PreprocessSpec
+from hf_classifier.cli import arguments
+from hf_classifier.cli.arguments import ClassifierTrainingArguments, OptionError
+from hf_classifier.models.build import (
+    PHYLUM_LOGITS,
+    attach_phylum_head,
+    build_model,
+    parameters_without_gradient,
+)
+from hf_classifier.models.regularization import ModelEMA
+from hf_classifier.transforms.pipeline import Normalize, PreprocessSpec
 
 # phylum_family folders: --hierarchy multitask reads the phylum from the name.
 MULTITASK_LAYOUT = {"chordata_ardeidae": 8, "chordata_felidae": 8, "arthropoda_apidae": 8}
@@ -82,10 +87,10 @@ def test_parameters_without_gradient_come_from_the_model_and_leave_it_as_it_was(
 
 def make_trainer(model, checkpoint: Path, output_dir: Path, args: dict | None = None, **kwargs):
     """An `ImageClassificationTrainer` around `model`, as `train` builds it (`args`: training flags)."""
-    from hf_classifier.modeling import load_image_processor
-    from hf_classifier.trainer import ImageClassificationTrainer
-    from hf_classifier.training import finetune_plan
-    from hf_classifier.transforms import create_normalizer
+    from hf_classifier.models.build import load_image_processor
+    from hf_classifier.training.run import finetune_plan
+    from hf_classifier.training.trainer import ImageClassificationTrainer
+    from hf_classifier.transforms.pipeline import create_normalizer
 
     arguments = ClassifierTrainingArguments(
         output_dir=str(output_dir),
@@ -248,7 +253,7 @@ class CountHostReads(TrainerCallback):
 
 
 def test_training_steps_read_nothing_back_from_the_device(monkeypatch, vit_checkpoint, tmp_path):
-    from hf_classifier.transforms import collate_examples
+    from hf_classifier.transforms.pipeline import collate_examples
 
     model = build_model(str(vit_checkpoint), ["a", "b"])
     counter = CountHostReads(monkeypatch)
@@ -278,7 +283,7 @@ def test_arguments_copy_pinned_batches_asynchronously(monkeypatch, tmp_path):
 def test_gradient_norms_by_depth_are_read_after_unscaling(vit_checkpoint, tmp_path):
     """fp16 scales the loss (by 2**16 at first); the per-depth norms must be the true ones, like
     Trainer's total `grad_norm`, which it computes after unscaling."""
-    from hf_classifier.transforms import collate_examples
+    from hf_classifier.transforms.pipeline import collate_examples
 
     model = build_model(str(vit_checkpoint), ["a", "b"])
     trainer = make_trainer(
@@ -323,7 +328,7 @@ def test_default_workers_read_the_cpu_quota_and_leave_one_cpu_per_process(monkey
 
 def test_small_shared_memory_lowers_prefetching_and_says_how_to_fix_it(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(arguments, "shared_memory_free", lambda: 64 * 2**20)  # Docker's default
-    with caplog.at_level(logging.WARNING, logger="hf_classifier.arguments"):
+    with caplog.at_level(logging.WARNING, logger="hf_classifier.cli.arguments"):
         args = ClassifierTrainingArguments(
             output_dir=str(tmp_path),
             report_to="none",
@@ -352,7 +357,7 @@ def test_evaluation_loaders_keep_no_workers_beside_the_training_loader(vit_check
     """Persistent evaluation workers would sit beside the training loader's for the whole run (twice the
     worker processes), and Trainer caches persistent evaluation loaders under one key for any data set
     (so `evaluate(test)` once re-read validation). Evaluation and prediction loaders are built afresh."""
-    from hf_classifier.transforms import collate_examples
+    from hf_classifier.transforms.pipeline import collate_examples
 
     examples = uint8_examples(8)
     trainer = make_trainer(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_classifier.images import BadImageError, check_image, find_bad_images, open_image
+from hf_classifier.data.images import BadImageError, check_image, find_bad_images, open_image
 
 RED = (220, 30, 40)
 
@@ -193,7 +193,7 @@ def test_find_bad_images_reports_each_bad_file_in_order(tmp_path):
 def test_draft_decoding_leaves_a_callers_image_alone_and_reports_oversized_files(tmp_path, monkeypatch):
     from PIL import Image
 
-    from hf_classifier.images import BadImageError, decode_image
+    from hf_classifier.data.images import BadImageError, decode_image
 
     photo = Image.new("RGB", (2000, 1500), (10, 120, 200))
     photo.save(tmp_path / "big.jpg", quality=90)
@@ -214,8 +214,8 @@ def test_a_bad_image_past_the_first_check_chunk_drops_exactly_its_own_row(tmp_pa
     reported and removed by its row in the whole split, not by its place inside the chunk."""
     import csv
 
-    import hf_classifier.quality as quality
-    from hf_classifier.sources import IMAGE, from_image_folder
+    import hf_classifier.data.checks as quality
+    from hf_classifier.data.sources import IMAGE, from_image_folder
 
     monkeypatch.setattr(quality, "_CHUNK", 5)
     (tmp_path / "data" / "cats").mkdir(parents=True)
@@ -237,8 +237,8 @@ def test_a_bad_image_past_the_first_check_chunk_drops_exactly_its_own_row(tmp_pa
 
 def test_a_too_large_image_is_caught_by_the_up_front_check(tmp_path, monkeypatch):
     """README: an image beyond Pillow's decompression-bomb limit stops the run before training, named."""
-    import hf_classifier.quality as quality
-    from hf_classifier.sources import from_image_folder
+    import hf_classifier.data.checks as quality
+    from hf_classifier.data.sources import from_image_folder
 
     (tmp_path / "data" / "cats").mkdir(parents=True)
     for i in range(2):

@@ -12,9 +12,9 @@ import pytest
 from helpers import make_textured_tree, textured_photo
 from PIL import Image
 
-from hf_classifier.cli import main
-from hf_classifier.inspection import inspect
-from hf_classifier.sources import from_image_folder, from_metadata_csv
+from hf_classifier.cli.commands import main
+from hf_classifier.data.inspection import inspect
+from hf_classifier.data.sources import from_image_folder, from_metadata_csv
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from hf_classifier.metrics import build_compute_metrics, classification_metrics, load_metric
+from hf_classifier.evaluation.metrics import build_compute_metrics, classification_metrics, load_metric
 
 # 3 classes. Class 0: TP 1, predicted 1, support 1. Class 1: TP 1, predicted 2, support 1.
 # Class 2: TP 1, predicted 1, support 2.

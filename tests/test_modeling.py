@@ -10,8 +10,8 @@ from helpers import save_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_classifier.hub import HubUnavailableError
-from hf_classifier.modeling import build_model, find_classifier, load_image_processor, load_saved_weights
+from hf_classifier.hub.offline import HubUnavailableError
+from hf_classifier.models.build import build_model, find_classifier, load_image_processor, load_saved_weights
 
 FAMILIES = ["ardeidae", "felidae", "formicidae"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hf_classifier.cli import main
-from hf_classifier.modeling import build_model, load_image_processor
-from hf_classifier.predict import collect_inputs, predict
-from hf_classifier.sources import DataSourceError
+from hf_classifier.cli.commands import main
+from hf_classifier.data.sources import DataSourceError
+from hf_classifier.evaluation.predictions import collect_inputs, predict
+from hf_classifier.models.build import build_model, load_image_processor
 
 FAMILIES = ["ardeidae", "felidae", "formicidae"]
 

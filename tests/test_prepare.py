@@ -14,13 +14,13 @@ from helpers import make_textured_tree, textured_photo, train_run
 from PIL import Image
 from transformers import ConvNextImageProcessor, ViTImageProcessor
 
-import hf_classifier.prepare as prepare
-from hf_classifier.arguments import ClassifierTrainingArguments
-from hf_classifier.images import BadImageError, decode_image
-from hf_classifier.prepare import prepare_split, prepared_size, stored_size_for
-from hf_classifier.quality import BadImagesError
-from hf_classifier.sources import FILE_PATH, IMAGE, LABEL, from_image_folder
-from hf_classifier.transforms import create_transform
+import hf_classifier.data.prepared as prepare
+from hf_classifier.cli.arguments import ClassifierTrainingArguments
+from hf_classifier.data.checks import BadImagesError
+from hf_classifier.data.images import BadImageError, decode_image
+from hf_classifier.data.prepared import prepare_split, prepared_size, stored_size_for
+from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL, from_image_folder
+from hf_classifier.transforms.pipeline import create_transform
 
 
 @pytest.fixture
@@ -95,8 +95,8 @@ def test_an_interrupted_pass_resumes_at_the_first_missing_shard(photos, tmp_path
 
 def _prepare_in_child(args):
     folder, cache = args
-    from hf_classifier.prepare import prepare_split
-    from hf_classifier.sources import from_image_folder
+    from hf_classifier.data.prepared import prepare_split
+    from hf_classifier.data.sources import from_image_folder
 
     prepared, _ = prepare_split(
         from_image_folder(folder).splits["train"], 128, Path(cache), num_proc=1, shard_size=3
@@ -200,7 +200,7 @@ def test_raw_ppm_fast_path_matches_pillow():
 
 
 def test_loader_and_device_defaults_fit_the_machine(tmp_path, monkeypatch):
-    import hf_classifier.arguments as arguments
+    import hf_classifier.cli.arguments as arguments
 
     # Workers: the usable CPUs shared among this machine's processes, one left to each main process.
     monkeypatch.setattr(arguments, "available_cpus", lambda: 8)
@@ -219,9 +219,9 @@ def test_loader_and_device_defaults_fit_the_machine(tmp_path, monkeypatch):
 def test_the_cache_holds_images_only_so_labels_always_come_from_the_source(photos, tmp_path):
     """Same photos, another label column (or corrected labels): the cache is reused, the labels are
     the ones asked for, and split CSVs written after preparing still list paths, not pixels."""
-    from hf_classifier.prepare import prepare_data
-    from hf_classifier.sources import SOURCE_IMAGE, from_metadata_csv
-    from hf_classifier.splits import write_splits
+    from hf_classifier.data.prepared import prepare_data
+    from hf_classifier.data.sources import SOURCE_IMAGE, from_metadata_csv
+    from hf_classifier.data.splits import write_splits
 
     paths = sorted(p for p in photos.rglob("*.jpg"))
     listing = tmp_path / "metadata.csv"

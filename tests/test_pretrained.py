@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainerCallback, pipeline
 
-from hf_classifier.cli import main
-from hf_classifier.modeling import build_model
-from hf_classifier.transforms import ImageTransform, create_normalizer, create_transform
+from hf_classifier.cli.commands import main
+from hf_classifier.models.build import build_model
+from hf_classifier.transforms.pipeline import ImageTransform, create_normalizer, create_transform
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"

@@ -15,9 +15,9 @@ from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from transformers import pipeline
 
-from hf_classifier.cli import main
-from hf_classifier.hub import HubUnavailableError
-from hf_classifier.publish import PublishError, collect_upload_set, push_model_folder
+from hf_classifier.cli.commands import main
+from hf_classifier.hub.offline import HubUnavailableError
+from hf_classifier.hub.publish import PublishError, collect_upload_set, push_model_folder
 
 SECRETS = PLANTED_SECRETS  # given to the shared trained model's run (conftest `trained_model`)
 ODD_LABELS = ['ardeidae: "herons"', "müller's wrens", "pipe|family", "東京 beetles"]
@@ -158,7 +158,7 @@ def test_offline_push_fails_in_seconds_with_one_line(trained, capsys):
 
 @pytest.fixture
 def reachable_hub(monkeypatch):
-    import hf_classifier.publish as publish
+    import hf_classifier.hub.publish as publish
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -236,7 +236,7 @@ def test_card_metadata_base_model_datasets_and_licence_fallback(trained, vit_che
     the card says `other` and tells the reader to check; the base model's own card supplies one."""
     import shutil
 
-    from hf_classifier.model_card import SUMMARY_FILE, base_model_license, render_model_card
+    from hf_classifier.hub.card import SUMMARY_FILE, base_model_license, render_model_card
 
     # The shared run: a local checkpoint (no Hub reference), Rare Species columns, --license given.
     data = ModelCard.load(trained / "README.md").data.to_dict()

@@ -18,8 +18,8 @@ from transformers import (
     ViTConfig,
 )
 
-from hf_classifier.arguments import parse_args
-from hf_classifier.training import finetune_plan
+from hf_classifier.cli.arguments import parse_args
+from hf_classifier.training.run import finetune_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_classifier.regularization import ClassBalancedSampler, Mixer, ModelEMA, class_weights
+from hf_classifier.models.regularization import ClassBalancedSampler, Mixer, ModelEMA, class_weights
 
 LABELS = [0] * 80 + [1] * 15 + [2] * 5  # 100 images, imbalance 16 : 1
 

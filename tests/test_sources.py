@@ -11,9 +11,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from helpers import make_image_tree
 from PIL import Image as PILImage
 
-from hf_classifier.hub import HubUnavailableError
-from hf_classifier.quality import BAD_IMAGES_FILE, BadImagesError, drop_bad_images
-from hf_classifier.sources import (
+from hf_classifier.data.checks import BAD_IMAGES_FILE, BadImagesError, drop_bad_images
+from hf_classifier.data.sources import (
     IMAGE,
     LABEL,
     DataSourceError,
@@ -23,7 +22,8 @@ from hf_classifier.sources import (
     load_image_data,
     load_split_dir,
 )
-from hf_classifier.splits import ensure_validation_split, write_splits
+from hf_classifier.data.splits import ensure_validation_split, write_splits
+from hf_classifier.hub.offline import HubUnavailableError
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -262,7 +262,7 @@ def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch):
     import datasets.config
     from huggingface_hub import constants
 
-    import hf_classifier.hub as hub
+    import hf_classifier.hub.offline as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -11,9 +11,9 @@ import pytest
 from helpers import fast_training_flags, make_textured_tree
 from PIL import Image
 
-from hf_classifier.cli import main
-from hf_classifier.sources import from_image_folder
-from hf_classifier.splits import grouped_stratified_split, split_without_leaks
+from hf_classifier.cli.commands import main
+from hf_classifier.data.sources import from_image_folder
+from hf_classifier.data.splits import grouped_stratified_split, split_without_leaks
 
 
 def read(path: Path) -> list[dict]:
@@ -82,7 +82,7 @@ def test_same_seed_same_split_other_seed_other_split(data_root, tmp_path):
 
 
 def test_rare_species_csv_columns_are_kept(clean_demo_data, tmp_path):
-    from hf_classifier.sources import from_metadata_csv
+    from hf_classifier.data.sources import from_metadata_csv
 
     split_without_leaks(
         from_metadata_csv(clean_demo_data.metadata_csv, label_column="family"), tmp_path, seed=0

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainerCallback
 
-from hf_classifier.cli import main
+from hf_classifier.cli.commands import main
 
 # Validation and test differ in size and in content: a third of the test images wear another class's
 # tint, so the test figures are lower than the validation ones whatever the model learned.
@@ -92,7 +92,7 @@ def split_run(tmp_path_factory, vit_checkpoint):
     # the cached validation loader again for the test split. EMA on: the final figures must be those of
     # the weights that were saved.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("hf_classifier.evaluation.load_predictor", no_second_pass)
+        patch.setattr("hf_classifier.evaluation.reports.load_predictor", no_second_pass)
         train_run(
             out,
             data_dir=root,
@@ -211,7 +211,7 @@ def tiny_predictor(num_labels: int, seed: int):
     from helpers import TINY_VIT
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from hf_classifier.predictor import ModelPredictor
+    from hf_classifier.evaluation.inference import ModelPredictor
 
     torch.manual_seed(seed)
     labels = {i: f"class_{seed}_{i}" for i in range(num_labels)}
@@ -222,7 +222,7 @@ def tiny_predictor(num_labels: int, seed: int):
 
 
 def test_classify_copies_to_the_host_without_a_blocking_copy_per_batch(tmp_path, monkeypatch):
-    from hf_classifier.predict import classify
+    from hf_classifier.evaluation.predictions import classify
 
     paths = []
     for seed in range(5):
@@ -241,7 +241,7 @@ def test_classify_copies_to_the_host_without_a_blocking_copy_per_batch(tmp_path,
 
 
 def test_top_k_rows_rank_as_the_full_matrix_does():
-    from hf_classifier.predict import _dense_rows, _top_k_rows
+    from hf_classifier.evaluation.predictions import _dense_rows, _top_k_rows
 
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(12), size=40).astype(np.float32)
@@ -260,7 +260,7 @@ def test_top_k_rows_rank_as_the_full_matrix_does():
 
 
 def test_experts_route_without_building_tensors_per_batch(tmp_path, monkeypatch):
-    from hf_classifier.predictor import EXPERTS_FILE, ExpertsPredictor
+    from hf_classifier.evaluation.inference import EXPERTS_FILE, ExpertsPredictor
 
     # Phylum "p0" has an expert for families d and b; "p1" has the single family c.
     router, expert = tiny_predictor(2, seed=1), tiny_predictor(2, seed=2)

@@ -11,9 +11,9 @@ from helpers import SHARD_CLASSES as CLASSES
 from helpers import TRAIN_ARGS, train_argv, write_shards
 from transformers import TrainerCallback
 
-from hf_classifier.arguments import DataArguments, parse_args
-from hf_classifier.sources import FILE_PATH, LABEL, DataSourceError
-from hf_classifier.training import train
+from hf_classifier.cli.arguments import DataArguments, parse_args
+from hf_classifier.data.sources import FILE_PATH, LABEL, DataSourceError
+from hf_classifier.training.run import train
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_stream_is_shuffled_endless_and_shared_without_overlap(shards):
     from datasets.distributed import split_dataset_by_node
     from torch.utils.data import DataLoader
 
-    from hf_classifier.streaming import load_streaming_data, training_stream
+    from hf_classifier.data.streaming import load_streaming_data, training_stream
 
     args = parse_args((DataArguments,), ["--data_dir", str(shards), "--streaming", "true"])[0]
     source = load_streaming_data(args, seed=0).splits["train"]
@@ -91,7 +91,7 @@ def test_stream_is_shuffled_endless_and_shared_without_overlap(shards):
 
 
 def test_class_list_and_labels_must_agree(shards, tmp_path):
-    from hf_classifier.streaming import load_streaming_data
+    from hf_classifier.data.streaming import load_streaming_data
 
     def load(folder: Path, *flags: str):
         args = parse_args((DataArguments,), ["--data_dir", str(folder), "--streaming", "true", *flags])[0]
@@ -155,8 +155,8 @@ def test_what_a_stream_cannot_do_is_refused_up_front(shards, vit_checkpoint, tmp
 
 
 def test_hub_streaming_offline_fails_fast_with_a_clear_message():
-    from hf_classifier.hub import HubUnavailableError
-    from hf_classifier.streaming import load_streaming_data
+    from hf_classifier.data.streaming import load_streaming_data
+    from hf_classifier.hub.offline import HubUnavailableError
 
     args = parse_args((DataArguments,), ["--dataset_name", "imageomics/rare-species", "--streaming", "true"])[
         0
@@ -168,7 +168,7 @@ def test_hub_streaming_offline_fails_fast_with_a_clear_message():
 
 
 def test_mixed_formats_unlabelled_samples_and_bad_validation_images(vit_checkpoint, tmp_path):
-    from hf_classifier.streaming import load_streaming_data
+    from hf_classifier.data.streaming import load_streaming_data
 
     folder = tmp_path / "shards"
     # datasets infers the columns from the first 5 samples: the odd ones come later.
@@ -224,7 +224,7 @@ def test_a_streamed_run_resumes_at_once_from_its_last_checkpoint(shards, vit_che
 def test_class_names_must_match_a_class_label_column(tmp_path):
     from helpers import make_image_tree
 
-    from hf_classifier.streaming import load_streaming_data
+    from hf_classifier.data.streaming import load_streaming_data
 
     root = make_image_tree(
         tmp_path / "folder", {"train/ants": 3, "train/bees": 3, "validation/ants": 2, "validation/bees": 2}

@@ -12,10 +12,10 @@ from helpers import TRAIN_ARGS, make_image_tree, make_tinted_tree, train_run
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
-from hf_classifier.arguments import parse_args
-from hf_classifier.cli import main
-from hf_classifier.predict import predict
-from hf_classifier.quality import BadImagesError
+from hf_classifier.cli.arguments import parse_args
+from hf_classifier.cli.commands import main
+from hf_classifier.data.checks import BadImagesError
+from hf_classifier.evaluation.predictions import predict
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -17,7 +17,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hf_classifier.transforms import (
+from hf_classifier.transforms.pipeline import (
     AUGMENTATION_PRESETS,
     ExampleTransform,
     ImageTransform,
@@ -128,7 +128,7 @@ def test_example_transform_and_collate_build_a_batch(tmp_path):
 def test_augment_preview_grid(clean_demo_data, tmp_path):
     import numpy as np
 
-    from hf_classifier.cli import main
+    from hf_classifier.cli.commands import main
 
     def preview(output):
         assert (
@@ -181,7 +181,7 @@ def test_torch_uint8_crop_resize_matches_pil():
     when a side is close to the output size; 0.044 over these 12 crops."""
     from helpers import textured_photo
 
-    from hf_classifier.transforms import crop_resize_tensor
+    from hf_classifier.transforms.pipeline import crop_resize_tensor
 
     rng = random.Random(0)
     differences = []

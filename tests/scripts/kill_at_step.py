@@ -7,8 +7,8 @@ import sys
 
 from transformers import TrainerCallback
 
-from hf_classifier.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
-from hf_classifier.training import train
+from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.training.run import train
 
 
 class KillAtStep(TrainerCallback):

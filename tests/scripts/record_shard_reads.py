@@ -26,6 +26,6 @@ def _recording(opener):
 if __name__ == "__main__":
     builtins.open = _recording(_open)
     io.open = _recording(_io_open)
-    from hf_classifier.cli import main
+    from hf_classifier.cli.commands import main
 
     sys.exit(main(["train", *sys.argv[2:]]))

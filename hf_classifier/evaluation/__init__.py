@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the one inference engine, predictions, reports and pictures."""

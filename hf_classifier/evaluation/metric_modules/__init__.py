@@ -1,0 +1,5 @@
+"""`evaluate` metric modules bundled with the package, so metrics load without the Hub.
+
+Each folder holds one module script in evaluate's format; `hf_classifier.evaluation.metrics` loads them by path.
+They compute with NumPy (the Hub versions need scikit-learn).
+"""

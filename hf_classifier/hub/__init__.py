@@ -1,0 +1,1 @@
+"""Hub: the model card, publishing, and failing fast offline."""

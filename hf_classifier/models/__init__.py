@@ -1,0 +1,1 @@
+"""Models: build a classifier from a checkpoint, map parameters to depth, plan fine-tuning, regularise."""

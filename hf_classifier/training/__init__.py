@@ -1,0 +1,1 @@
+"""Training: `train()` top to bottom over the Trainer subclass, checkpoints, several processes."""

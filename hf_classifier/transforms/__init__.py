@@ -1,0 +1,1 @@
+"""Transforms: the checkpoint's own preprocessing, augmentation presets, previews (no torchvision)."""
