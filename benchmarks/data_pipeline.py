@@ -20,10 +20,7 @@ and the images' size statistics.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,10 +35,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.data.images import available_cpus  # noqa: E402
+from common import benchmark_parser, machine, report  # noqa: E402
+
 from hf_classifier.data.prepared import prepare_split, prepared_size  # noqa: E402
-from hf_classifier.data.sources import IMAGE, image_files_below  # noqa: E402
-from hf_classifier.io_utils import write_json  # noqa: E402
+from hf_classifier.data.resolve import image_files_below
+from hf_classifier.data.schema import IMAGE
 from hf_classifier.transforms.pipeline import ExampleTransform, ImageTransform, get_preset  # noqa: E402
 from hf_classifier.transforms.preview import default_spec  # noqa: E402
 
@@ -84,10 +82,7 @@ def run_loader(dataset: Dataset, processes: int, collate=None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data_dir", required=True, help="class folders (or train/ val/ folders) of photos")
+    parser = benchmark_parser(__doc__, data_help="class folders (or train/ val/ folders) of photos")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument(
         "--epochs", type=int, default=2, help="epochs of ours (the first is the prepare pass)"
@@ -100,7 +95,6 @@ def main() -> None:
         help="also time each preset's training transform, from the photos (raw) and from prepared copies; "
         "'' to skip",
     )
-    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -124,7 +118,7 @@ def main() -> None:
         "image_size": args.image_size,
         "stored_size": prepared_size(args.image_size),
         "processes": args.processes,
-        "machine": f"{platform.machine()}, {available_cpus()} CPUs available, torch {torch.__version__}",
+        "machine": machine(),
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
     }
     # Warm the page cache so that both sides read from memory, not disk.
@@ -163,9 +157,7 @@ def main() -> None:
 
     for key in [k for k in results if k.startswith("epoch")]:
         results[key.replace("_img_s", "_vs_naive")] = results[key] / results["naive_img_s"]
-    print(json.dumps(results, indent=2))
-    if args.json:
-        write_json(args.json, results)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -523,7 +523,7 @@ def throughput(args: argparse.Namespace, config: dict, work: Path) -> dict:
 def predict_speed(args: argparse.Namespace, config: dict, work: Path) -> dict:
     from transformers import AutoModelForImageClassification, pipeline
 
-    from hf_classifier.data.sources import image_files_below
+    from hf_classifier.data.resolve import image_files_below
     from hf_classifier.evaluation.predictions import predict
 
     name = config["predict_model"]

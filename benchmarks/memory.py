@@ -150,7 +150,7 @@ def main() -> None:
         )
         return
 
-    from hf_classifier.data.sources import image_files_below
+    from hf_classifier.data.resolve import image_files_below
 
     root = Path(args.data_dir).resolve()
     photos = image_files_below(root)[0]

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import benchmark_parser
+
 SETTINGS = {
     "learning_rate": 5e-5,
     "lr_scheduler_type": "cosine",
@@ -54,7 +56,10 @@ SETTINGS = {
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "seed": 42,
+    "use_cpu": True,
 }
+# The example's side only: flags its README command line passes (our side runs its own defaults for these).
+EXAMPLE_FLAGS = {"remove_unused_columns": False, "load_best_model_at_end": True, "save_total_limit": 3}
 VARIANTS = {"default": [], "prepare": ["--prepare"]}
 
 
@@ -114,11 +119,8 @@ def run_example(data_dir: str, model_path: str, output_dir: str, epochs: float, 
         output_dir=output_dir,
         num_train_epochs=epochs,
         dataloader_num_workers=workers,
-        remove_unused_columns=False,
-        load_best_model_at_end=True,
-        save_total_limit=3,
         report_to="none",
-        use_cpu=True,
+        **EXAMPLE_FLAGS,
         **SETTINGS,
     )
     trainer = Trainer(
@@ -160,7 +162,6 @@ def ours_command(
         f"--output_dir={output_dir}",
         f"--num_train_epochs={epochs}",
         f"--dataloader_num_workers={workers}",
-        "--use_cpu=true",
         *flags,
         *extra,
     ]
@@ -229,17 +230,13 @@ def summarise(rows: list[dict], sides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data_dir", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", required=True, help="a pretrained checkpoint folder")
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved")
     parser.add_argument("--ours_variants", default="default", help=f"of {','.join(VARIANTS)}")
     parser.add_argument("--ours_args", default="", help="extra flags for our side")
-    parser.add_argument("--json")
     parser.add_argument("--run_example", help=argparse.SUPPRESS)  # internal: one example run, in a child
     args = parser.parse_args()
 

@@ -5,73 +5,36 @@ per-image `pipeline("image-classification")` loop, side by side, in one run.
     python benchmarks/predict_throughput.py --data_dir ../shared/data/hymenoptera --models vit-s16,convnext-t \\
         --json benchmarks/results/predict_cpu.json
 
-Models are built from configs at 224 px (random weights: speed does not depend on them). Both sides
-load the model once; the times cover classifying every image of the folder.
+Models are built from configs (`common.MODELS`, 224 px; random weights: speed does not depend on them).
+Both sides load the model once; the times cover classifying every image of the folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForImageClassification,
-    ConvNextConfig,
-    ConvNextImageProcessor,
-    ViTConfig,
-    ViTImageProcessor,
-    pipeline,
-)
+from transformers import AutoModelForImageClassification, pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.data.images import available_cpus  # noqa: E402
-from hf_classifier.data.sources import image_files_below  # noqa: E402
-from hf_classifier.evaluation.predictions import predict  # noqa: E402
-from hf_classifier.io_utils import write_json  # noqa: E402
+from common import MODELS, benchmark_parser, machine, report  # noqa: E402
 
-MODELS = {
-    "vit-ti16": (
-        lambda: ViTConfig(
-            image_size=224,
-            patch_size=16,
-            hidden_size=192,
-            num_hidden_layers=12,
-            num_attention_heads=3,
-            intermediate_size=768,
-        ),
-        ViTImageProcessor,
-    ),
-    "vit-s16": (
-        lambda: ViTConfig(
-            image_size=224,
-            patch_size=16,
-            hidden_size=384,
-            num_hidden_layers=12,
-            num_attention_heads=6,
-            intermediate_size=1536,
-        ),
-        ViTImageProcessor,
-    ),
-    "vit-b16": (lambda: ViTConfig(image_size=224, patch_size=16), ViTImageProcessor),
-    "convnext-t": (
-        lambda: ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
-        lambda: ConvNextImageProcessor(size={"shortest_edge": 224}),
-    ),
-}
+from hf_classifier.data.images import available_cpus  # noqa: E402
+from hf_classifier.data.resolve import image_files_below
+from hf_classifier.evaluation.predictions import predict  # noqa: E402
 
 
 def forward_only(folder: Path, batch_size: int, images: int, precision: str) -> float:
     """Images/s of the model alone on random ready-made batches: what no data path can beat."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForImageClassification.from_pretrained(folder).eval().to(device)
-    batch = torch.randn(batch_size, 3, 224, 224, device=device)
+    size = getattr(model.config, "image_size", 224)
+    batch = torch.randn(batch_size, 3, size, size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
         model(pixel_values=batch)  # warm-up
@@ -95,25 +58,20 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--models", default="vit-s16,convnext-t")
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--models", default="vit-s16,convnext-t", help=f"of {', '.join(MODELS)}")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=available_cpus())
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument(
         "--precisions", default="auto", help="predict's --precision values to measure, e.g. fp32,bf16"
     )
-    parser.add_argument("--json")
     args = parser.parse_args()
 
     paths = [str(p.resolve()) for p in image_files_below(Path(args.data_dir))[0]][: args.limit]
     results = {
         "images": len(paths),
-        "machine": f"{platform.machine()}, {available_cpus()} CPUs, "
-        f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "rows": [],
     }
@@ -169,9 +127,7 @@ def main() -> None:
                 row[f"speedup_{precision}"] = batched / per_image
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        write_json(args.json, results)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier import training  # noqa: E402
+from hf_classifier.training import run as training  # noqa: E402
 from hf_classifier.cli.arguments import (  # noqa: E402
     ClassifierTrainingArguments,
     DataArguments,

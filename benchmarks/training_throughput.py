@@ -5,7 +5,7 @@ costs) and against an example-script-style loop, in one run, through the same Tr
     python benchmarks/training_throughput.py --data_dir ../shared/data/hymenoptera --models vit-b16,convnext-t \\
         --steps 8 --batch_size 8 --json benchmarks/results/training_cpu.json
 
-Models are built from configs at 224 px (random weights, nothing downloaded):
+Models are built from configs (`common.MODELS`, 224 px; random weights, nothing downloaded):
 - ours: prepared copies (`--prepare`), our train transform in `--workers` DataLoader workers, uint8
   batches normalised on the device, bf16 / TF32 / channels_last / fused AdamW by their automatic defaults;
   `prepared-<preset>` / `raw-<preset>` (e.g. `raw-strong`): another augmentation preset, from prepared
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -31,41 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForImageClassification,
-    ConvNextConfig,
-    ConvNextImageProcessor,
-    TrainerCallback,
-    ViTConfig,
-    ViTImageProcessor,
-)
+from transformers import AutoModelForImageClassification, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import MODELS, benchmark_parser, machine, report  # noqa: E402
+
 from hf_classifier.cli.arguments import ClassifierTrainingArguments  # noqa: E402
 from hf_classifier.data.images import available_cpus  # noqa: E402
-from hf_classifier.io_utils import write_json  # noqa: E402
 
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
-MODELS = {
-    "vit-b16": (lambda: ViTConfig(image_size=224, patch_size=16), lambda: ViTImageProcessor()),
-    "convnext-t": (
-        lambda: ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
-        lambda: ConvNextImageProcessor(size={"shortest_edge": 224}),
-    ),
-    # A 32-px two-block ViT: for smoke runs of the benchmarks themselves (tests), not for figures.
-    "vit-test": (
-        lambda: ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        lambda: ViTImageProcessor(size={"height": 32, "width": 32}),
-    ),
-}
 
 
 def peak_flops() -> tuple[float, str]:
@@ -143,7 +117,8 @@ def run(
     from torch.utils.data import Dataset
 
     from hf_classifier.data.prepared import prepare_data, stored_size_for
-    from hf_classifier.data.sources import IMAGE, LABEL, from_image_folder
+    from hf_classifier.data.schema import IMAGE, LABEL
+    from hf_classifier.data.sources import from_image_folder
     from hf_classifier.models.build import build_model, is_conv_net
     from hf_classifier.training.run import finetune_plan
     from hf_classifier.training.trainer import ImageClassificationTrainer
@@ -229,22 +204,17 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--models", default="vit-b16,convnext-t")
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--models", default="vit-b16,convnext-t", help=f"of {', '.join(MODELS)}")
     parser.add_argument("--modes", default="synthetic,ours,example-script")
     parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=available_cpus())
-    parser.add_argument("--json")
     args = parser.parse_args()
 
     peak, peak_source = peak_flops()
     results = {
-        "machine": f"{platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}, "
-        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "machine": machine(),
         "peak_flops": peak,
         "peak_source": peak_source,
         "batch_size": args.batch_size,
@@ -283,9 +253,7 @@ def main() -> None:
             results[f"{model_name}_ours_vs_example_script"] = (
                 by[(model_name, "ours")] / by[(model_name, "example-script")]
             )
-    print(json.dumps(results, indent=2))
-    if args.json:
-        write_json(args.json, results)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.data.sources import image_files_below  # noqa: E402
+from hf_classifier.data.resolve import image_files_below
 
 TILE = (500, 375)
 

@@ -16,12 +16,21 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import PLANTED_SECRETS, SMALL_COUNTS, save_checkpoint, train_run  # noqa: E402
+from helpers import PLANTED_SECRETS, save_checkpoint, small_demo_dataset, train_run  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 torch.set_num_threads(2)
 
 HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache(tmp_path_factory):
+    """The suite's prepared images (train prepares by itself) go to a temporary folder, never the
+    user's ~/.cache/hf_classifier; set in the environment, so CLI subprocesses use it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_CLASSIFIER_CACHE", str(tmp_path_factory.mktemp("hf_classifier_cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -37,30 +46,13 @@ def convnext_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A small Rare-Species-like folder: phylum_family folders, metadata.csv, odd formats, 2 broken files."""
-    from hf_classifier.quickstart.synthetic import make_demo_dataset
-
-    return make_demo_dataset(
-        tmp_path_factory.mktemp("demo") / "rare_species",
-        counts=SMALL_COUNTS,
-        size_range=(40, 120),
-        odd_share=0.3,
-        seed=1,
-    )
+    return small_demo_dataset(tmp_path_factory.mktemp("demo") / "rare_species", seed=1)
 
 
 @pytest.fixture(scope="session")
 def clean_demo_data(tmp_path_factory):
     """Like demo_data but without broken files."""
-    from hf_classifier.quickstart.synthetic import make_demo_dataset
-
-    return make_demo_dataset(
-        tmp_path_factory.mktemp("clean") / "rare_species",
-        counts=SMALL_COUNTS,
-        size_range=(40, 120),
-        odd_share=0.3,
-        broken_files=False,
-        seed=2,
-    )
+    return small_demo_dataset(tmp_path_factory.mktemp("clean") / "rare_species", broken_files=False, seed=2)
 
 
 @pytest.fixture

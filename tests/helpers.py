@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+
+if TYPE_CHECKING:
+    from hf_classifier.quickstart.synthetic import DemoDataset
 
 TINY_VIT = dict(
     image_size=32,
@@ -71,6 +75,14 @@ def save_checkpoint(folder: Path, kind: str = "vit", num_labels: int = 1000) -> 
     return folder
 
 
+def small_demo_dataset(root: Path, **options) -> DemoDataset:
+    """The quickstart's drawn Rare-Species-like data at test size (SMALL_COUNTS images per family,
+    40-120 px, 30 % odd formats); `options` go to `make_demo_dataset` (seed, broken_files, ...)."""
+    from hf_classifier.quickstart.synthetic import make_demo_dataset
+
+    return make_demo_dataset(root, counts=SMALL_COUNTS, size_range=(40, 120), odd_share=0.3, **options)
+
+
 def make_image_tree(root: Path, layout: dict[str, int], size: tuple[int, int] = (24, 20)) -> Path:
     """Small JPEGs: layout maps a relative folder (e.g. "train/cats") to a number of images."""
     from PIL import Image
@@ -123,9 +135,11 @@ def train_argv(output_dir: Path, *leading: str | Path, **flags) -> list[str]:
 
 def train_run(output_dir: Path, *leading: str | Path, callbacks=None, **flags):
     """Parse `train_argv(...)` as `hf-classifier train` does and run the training; returns its outcome."""
-    from hf_classifier.training.run import train
+    from hf_classifier.hierarchy.experts import train_model
 
-    return train(*parse_args(TRAIN_ARGS, train_argv(output_dir, *leading, **flags)), callbacks=callbacks)
+    return train_model(
+        *parse_args(TRAIN_ARGS, train_argv(output_dir, *leading, **flags)), callbacks=callbacks
+    )
 
 
 def textured_photo(seed: int, size: tuple[int, int] = (200, 150)):

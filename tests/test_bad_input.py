@@ -17,8 +17,10 @@ from PIL import Image
 
 from hf_classifier.cli.commands import main
 from hf_classifier.data.checks import drop_bad_images
-from hf_classifier.data.images import check_image, decode_image, open_image
-from hf_classifier.data.sources import DataSourceError, from_image_folder, from_metadata_csv
+from hf_classifier.data.images import decode_image, open_image
+from hf_classifier.data.scan import check_image
+from hf_classifier.data.schema import DataSourceError
+from hf_classifier.data.sources import from_image_folder, from_metadata_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +48,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") 
 
 def check_bad(folder_or_files) -> dict[str, str]:
     """{file name: reason} of the check that runs before training."""
-    from hf_classifier.data.images import find_bad_images
+    from hf_classifier.data.scan import find_bad_images
 
     files = [str(p) for p in folder_or_files]
     return {Path(files[i]).name: reason for i, reason in find_bad_images(files, progress=False)}

@@ -120,3 +120,17 @@ def test_forward_only_times_after_the_device_finished(monkeypatch, tmp_path):
     predict_throughput.forward_only(folder, batch_size=2, images=4, precision="fp32")
     # warm-up, sync, start the clock, ..., sync, stop the clock
     assert events == ["sync", "clock", "sync", "clock"]
+
+
+def test_forward_only_feeds_each_model_its_own_image_size(tmp_path):
+    """The benchmarks share one table of models (`common.MODELS`): the 32-px smoke model must run in the
+    predict benchmark's forward-only ceiling too, not only the 224-px ones."""
+    import predict_throughput
+    from common import MODELS
+    from transformers import AutoModelForImageClassification
+
+    config_factory, _ = MODELS["vit-test"]
+    AutoModelForImageClassification.from_config(config_factory()).save_pretrained(tmp_path / "vit-test")
+    assert (
+        predict_throughput.forward_only(tmp_path / "vit-test", batch_size=2, images=2, precision="fp32") > 0
+    )

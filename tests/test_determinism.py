@@ -87,7 +87,7 @@ class _Straight:
             from hf_classifier.training.trainer import ImageClassificationTrainer
 
             inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-            original = ImageClassificationTrainer._prepare_inputs
+            original = ImageClassificationTrainer.model_inputs
 
             def recording(trainer, batch):
                 prepared = original(trainer, batch)
@@ -97,7 +97,7 @@ class _Straight:
 
             output_dir = self.folder / config.replace(" ", "_").replace(",", "")
             with pytest.MonkeyPatch.context() as patch, one_thread():
-                patch.setattr(ImageClassificationTrainer, "_prepare_inputs", recording)
+                patch.setattr(ImageClassificationTrainer, "model_inputs", recording)
                 train_run(output_dir, **run_flags(self.photos, self.checkpoint, output_dir, config))
             self.runs[config] = output_dir, inputs
         return self.runs[config]
@@ -231,7 +231,7 @@ def test_a_streamed_reader_augments_from_its_own_seeded_generator():
 
     from helpers import tinted_jpeg
 
-    from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL
+    from hf_classifier.data.schema import FILE_PATH, IMAGE, LABEL
     from hf_classifier.data.streaming import StreamTransform
     from hf_classifier.transforms.pipeline import ImageTransform, get_preset
     from hf_classifier.transforms.preview import default_spec
@@ -254,7 +254,7 @@ def test_keyed_training_images_drive_the_processor_fallback_too(tmp_path):
     from transformers import EfficientNetImageProcessor
 
     from hf_classifier.data.sampling import SampleKey
-    from hf_classifier.data.sources import IMAGE, LABEL
+    from hf_classifier.data.schema import IMAGE, LABEL
     from hf_classifier.transforms.pipeline import KeyedTrainingImages, ProcessorTransform, create_transform
 
     paths = []

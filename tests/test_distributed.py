@@ -111,36 +111,17 @@ def test_two_process_train_evaluate_predict_match_one_process(vit_checkpoint, tm
 
     # evaluate and predict: the processes share the images, the main process writes the same files.
     evaluated = {}
+    validation, model_flags = data / "validation", (f"--model={one}", "--batch_size=3", "--num_workers=0")
     for name, launch in (("one", run_module), ("two", accelerate_launch)):
+        report = tmp_path / f"eval-{name}"
         result = launch(
-            "hf_classifier",
-            "evaluate",
-            "--data_dir",
-            str(data / "validation"),
-            "--model",
-            str(one),
-            "--output_dir",
-            str(tmp_path / f"eval-{name}"),
-            "--batch_size",
-            "3",
-            "--num_workers",
-            "0",
+            "hf_classifier", "evaluate", f"--data_dir={validation}", f"--output_dir={report}", *model_flags
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        evaluated[name] = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
+        evaluated[name] = json.loads((report / "metrics.json").read_text())
+        predictions = tmp_path / f"predictions-{name}.csv"
         result = launch(
-            "hf_classifier",
-            "predict",
-            "--model",
-            str(one),
-            "--input",
-            str(data / "validation"),
-            "--output",
-            str(tmp_path / f"predictions-{name}.csv"),
-            "--batch_size",
-            "3",
-            "--num_workers",
-            "0",
+            "hf_classifier", "predict", f"--input={validation}", f"--output={predictions}", *model_flags
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count("Wrote 13 predictions") == 1

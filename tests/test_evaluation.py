@@ -15,12 +15,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, pipeline
 
 from hf_classifier.cli.commands import main
-from hf_classifier.data.sources import DataSourceError, from_image_folder, from_metadata_csv
-from hf_classifier.evaluation.inference import ExpertsPredictor, ModelPredictor, load_predictor
-from hf_classifier.evaluation.predictions import classify
+from hf_classifier.data.schema import DataSourceError
+from hf_classifier.data.sources import from_image_folder, from_metadata_csv
+from hf_classifier.evaluation.inference import ExpertsPredictor, ModelPredictor, classify, load_predictor
+from hf_classifier.evaluation.metrics import macro_f1
 from hf_classifier.evaluation.reports import classification_report, evaluate_model
-from hf_classifier.hierarchy.compare import macro_f1, paired_bootstrap
-from hf_classifier.hierarchy.levels import label_to_phylum, phylum_of_folder_name
+from hf_classifier.hierarchy import ParentLabels
+from hf_classifier.hierarchy.compare import paired_bootstrap
+from hf_classifier.hierarchy.levels import label_to_parent as label_to_phylum
+from hf_classifier.hierarchy.levels import phylum_of_folder_name
 
 LABELS = ["ardeidae", "felidae", "apidae", "formicidae", "octopodidae"]
 PHYLUM_OF = {
@@ -35,6 +38,12 @@ PHYLUM_OF = {
 def read(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def predict_rows(model: Path, csv_path: Path, output: Path) -> list[dict]:
+    """`predict` on a metadata CSV: it must succeed; the rows it wrote."""
+    assert main(["predict", "--model", str(model), "--input", str(csv_path), "--output", str(output)]) == 0
+    return read(output)
 
 
 def recomputed_macro_f1(rows: list[dict]) -> float:
@@ -56,7 +65,7 @@ def test_classification_report_by_hand():
     y_pred = np.array([0, 1, 1, 2, 3, 3, 2])
     probabilities = np.full((7, 5), 0.05)
     probabilities[np.arange(7), y_pred] = 0.8
-    report = classification_report(y_true, probabilities, LABELS, PHYLUM_OF)
+    report = classification_report(y_true, probabilities, LABELS, ParentLabels("phylum", PHYLUM_OF))
     assert report["accuracy"] == pytest.approx(4 / 7)
     # per class (tp, predicted, support): ard (1,1,2) fel (1,2,1) api (1,2,2) for (1,2,1) oct (0,0,1)
     f1 = [2 / 3, 2 / 3, 1 / 2, 2 / 3, 0.0]
@@ -129,21 +138,7 @@ def family_model(trained_model) -> Path:
 def test_phylum_map_is_saved_and_predict_writes_a_phylum_column(family_model, clean_demo_data, tmp_path):
     config = json.loads((family_model / "config.json").read_text())
     assert config["hf_classifier"]["phylum_of"] == {f.family: f.phylum for f in clean_demo_data.families}
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(family_model),
-                "--input",
-                str(clean_demo_data.metadata_csv),
-                "--output",
-                str(tmp_path / "p.csv"),
-            ]
-        )
-        == 0
-    )
-    rows = read(tmp_path / "p.csv")
+    rows = predict_rows(family_model, clean_demo_data.metadata_csv, tmp_path / "p.csv")
     phylum_of = config["hf_classifier"]["phylum_of"]
     assert all(row["phylum"] == phylum_of[row["family"]] for row in rows)
 
@@ -236,18 +231,17 @@ def test_flip_tta_averages_the_image_and_its_mirror(family_model, tmp_path):
 # ---------------------------------------------------------------- multitask, experts, compare
 
 
+def train_on_families(out: Path, demo_data, checkpoint: Path, **flags) -> None:
+    """A quick training run on the demo data's families (their phyla give the hierarchy)."""
+    train_run(out, data_dir=demo_data.root, label_column="family", model_name_or_path=checkpoint, **flags)
+
+
 @pytest.mark.slow
 def test_multitask_trains_a_phylum_head_but_saves_a_plain_family_model(
     clean_demo_data, vit_checkpoint, tmp_path
 ):
     out = tmp_path / "multitask"
-    train_run(
-        out,
-        data_dir=clean_demo_data.root,
-        label_column="family",
-        model_name_or_path=vit_checkpoint,
-        hierarchy="multitask",
-    )
+    train_on_families(out, clean_demo_data, vit_checkpoint, hierarchy="multitask")
     weights = load_file(out / "model.safetensors")
     assert not any(key.startswith("phylum_head") for key in weights)
     first, second = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -271,14 +265,7 @@ def test_experts_route_each_image_to_the_family_model_of_its_phylum(
     clean_demo_data, vit_checkpoint, tmp_path
 ):
     out = tmp_path / "experts"
-    train_run(
-        out,
-        data_dir=clean_demo_data.root,
-        label_column="family",
-        model_name_or_path=vit_checkpoint,
-        hierarchy="experts",
-        num_train_epochs=1,
-    )
+    train_on_families(out, clean_demo_data, vit_checkpoint, hierarchy="experts", num_train_epochs=1)
     spec = json.loads((out / "experts.json").read_text())
     assert spec["experts"] == {"arthropoda": "family_arthropoda", "chordata": "family_chordata"}
     assert spec["single_family"] == {"cnidaria": "acroporidae", "mollusca": "octopodidae"}
@@ -298,25 +285,11 @@ def test_experts_route_each_image_to_the_family_model_of_its_phylum(
     routed = predictor.router.probabilities(pixels).argmax(dim=1)
     for row, phylum_index in zip(probabilities, routed, strict=True):
         phylum = predictor.router.labels[phylum_index]
-        inside = [i for i, label in enumerate(predictor.labels) if predictor.phylum_of[label] == phylum]
+        inside = [i for i, label in enumerate(predictor.labels) if predictor.parents.of[label] == phylum]
         outside = [i for i in range(len(predictor.labels)) if i not in inside]
         assert row[outside].sum() == 0 and 0 < row[inside].sum() <= 1 + 1e-6
 
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(out),
-                "--input",
-                str(clean_demo_data.metadata_csv),
-                "--output",
-                str(tmp_path / "p.csv"),
-            ]
-        )
-        == 0
-    )
-    rows = read(tmp_path / "p.csv")
+    rows = predict_rows(out, clean_demo_data.metadata_csv, tmp_path / "p.csv")
     assert list(rows[0])[:4] == ["id", "family", "phylum", "score"]
     assert all(row["phylum"] == spec["phylum_of"][row["family"]] for row in rows if not row["error"])
 

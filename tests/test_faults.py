@@ -76,8 +76,8 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_uninterrupted_result(
 
 
 def test_resume_flag_accepts_a_run_folder_and_rejects_a_missing_one(tmp_path):
-    from hf_classifier.data.sources import DataSourceError
-    from hf_classifier.training.run import checkpoint_to_resume
+    from hf_classifier.data.schema import DataSourceError
+    from hf_classifier.training.checkpoints import checkpoint_to_resume
 
     run = tmp_path / "run"
     for step, complete in ((3, True), (6, True), (9, False)):
@@ -225,7 +225,7 @@ def test_remote_code_stays_off_unless_asked(vit_checkpoint, tmp_path):
 
 
 def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
-    from hf_classifier.training.trainer import complete_checkpoints, rotate_complete_checkpoints
+    from hf_classifier.training.checkpoints import complete_checkpoints, rotate_complete_checkpoints
 
     run = tmp_path / "run"
     for step, complete in ((2, True), (4, True), (6, True), (8, False)):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_image_tree, save_checkpoint, train_run
+from helpers import TINY_VIT, make_image_tree, save_checkpoint, train_run
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForImageClassification,
@@ -71,15 +71,27 @@ class Recorder(TrainerCallback):
         return dict(epochs)
 
 
-def run(tmp_path: Path, checkpoint: Path, data_root: Path, **flags):
-    recorder = Recorder()
-    flags = {"learning_rate": LR, "per_device_train_batch_size": 8, **flags}
-    outcome = train_run(
-        tmp_path / "run", data_dir=data_root, model_name_or_path=checkpoint, callbacks=[recorder], **flags
-    )
-    model = AutoModelForImageClassification.from_pretrained(checkpoint)
-    depth_map = map_depths(model)
-    return outcome, recorder, depth_map
+@pytest.fixture
+def run(tmp_path: Path, data_root: Path):
+    """`run(checkpoint, **flags)`: a recorded training run on data_root; its outcome, the Recorder and the
+    checkpoint's depth map."""
+
+    def run(checkpoint: Path, **flags):
+        recorder = Recorder()
+        flags = {"learning_rate": LR, "per_device_train_batch_size": 8, **flags}
+        outcome = train_run(
+            tmp_path / "run", data_dir=data_root, model_name_or_path=checkpoint, callbacks=[recorder], **flags
+        )
+        depth_map = map_depths(AutoModelForImageClassification.from_pretrained(checkpoint))
+        return outcome, recorder, depth_map
+
+    return run
+
+
+@pytest.fixture
+def checkpoint(request) -> Path:
+    """The checkpoint fixture named by an indirect parameter (vit_checkpoint, convnext_checkpoint)."""
+    return request.getfixturevalue(request.param)
 
 
 def rate(step: dict, depth: int, head: bool = False) -> float:
@@ -91,51 +103,12 @@ def rate(step: dict, depth: int, head: bool = False) -> float:
 # ---------------------------------------------------------------- the depth map
 
 
+THREE_BLOCK_VIT = {**TINY_VIT, "num_hidden_layers": 3}
 ARCHITECTURES = {
-    "vit": (
-        ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        3,
-    ),
-    "deit": (
-        DeiTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        3,
-    ),
-    "beit": (
-        BeitConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        3,
-    ),
-    "dinov2": (
-        Dinov2Config(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        3,
-    ),
+    "vit": (ViTConfig(**THREE_BLOCK_VIT), 3),
+    "deit": (DeiTConfig(**THREE_BLOCK_VIT), 3),
+    "beit": (BeitConfig(**THREE_BLOCK_VIT), 3),
+    "dinov2": (Dinov2Config(**THREE_BLOCK_VIT), 3),
     "swin": (
         SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 2], num_heads=[1, 1], window_size=4),
         3,
@@ -210,15 +183,9 @@ def test_weight_decay_skips_norms_biases_and_tokens():
 # ---------------------------------------------------------------- strategies, epoch by epoch
 
 
-@pytest.mark.parametrize("fixture", ["vit_checkpoint", "convnext_checkpoint"])
-def test_linear_probe_trains_only_the_head(fixture, request, data_root, tmp_path):
-    _, recorder, depth_map = run(
-        tmp_path,
-        request.getfixturevalue(fixture),
-        data_root,
-        finetune_strategy="linear_probe",
-        num_train_epochs=2,
-    )
+@pytest.mark.parametrize("checkpoint", ["vit_checkpoint", "convnext_checkpoint"], indirect=True)
+def test_linear_probe_trains_only_the_head(checkpoint, run):
+    _, recorder, depth_map = run(checkpoint, finetune_strategy="linear_probe", num_train_epochs=2)
     assert len(recorder.by_epoch()) == 2
     for step in recorder.steps:
         assert step["trained"] == step["requires_grad"] == depth_map.head
@@ -226,12 +193,10 @@ def test_linear_probe_trains_only_the_head(fixture, request, data_root, tmp_path
         assert rate(step, depth_map.top, head=True) > 0
 
 
-@pytest.mark.parametrize("fixture", ["vit_checkpoint", "convnext_checkpoint"])
-def test_freeze_then_unfreeze_with_layer_decay(fixture, request, data_root, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["vit_checkpoint", "convnext_checkpoint"], indirect=True)
+def test_freeze_then_unfreeze_with_layer_decay(checkpoint, run):
     _, recorder, depth_map = run(
-        tmp_path,
-        request.getfixturevalue(fixture),
-        data_root,
+        checkpoint,
         finetune_strategy="freeze_then_unfreeze",
         freeze_epochs=1,
         num_train_epochs=3,
@@ -257,16 +222,15 @@ def test_freeze_then_unfreeze_with_layer_decay(fixture, request, data_root, tmp_
 
 
 @pytest.mark.parametrize(
-    "fixture,accumulation",
+    "checkpoint,accumulation",
     [("vit_checkpoint", 1), ("convnext_checkpoint", 1), ("vit_checkpoint", 2)],
+    indirect=["checkpoint"],
 )
-def test_gradual_unfreeze_thaws_from_the_top_down(fixture, accumulation, request, data_root, tmp_path):
+def test_gradual_unfreeze_thaws_from_the_top_down(checkpoint, accumulation, run):
     # With accumulation, an epoch is fewer optimizer steps (6 batches -> 3 steps): the schedule must count
     # optimizer steps, or each depth would thaw an epoch late.
     _, recorder, depth_map = run(
-        tmp_path,
-        request.getfixturevalue(fixture),
-        data_root,
+        checkpoint,
         finetune_strategy="gradual_unfreeze",
         freeze_epochs=1,
         unfreeze_blocks_per_epoch=2,
@@ -290,17 +254,9 @@ def test_gradual_unfreeze_thaws_from_the_top_down(fixture, accumulation, request
                 assert (lr > 0) == (head or (lowest_trained is not None and depth >= lowest_trained))
 
 
-def test_full_strategy_trains_everything_with_layer_decay_and_a_head_rate(
-    vit_checkpoint, data_root, tmp_path
-):
+def test_full_strategy_trains_everything_with_layer_decay_and_a_head_rate(vit_checkpoint, run):
     _, recorder, depth_map = run(
-        tmp_path,
-        vit_checkpoint,
-        data_root,
-        layer_decay=0.75,
-        head_learning_rate=HEAD_LR,
-        num_train_epochs=1,
-        warmup_steps=0,
+        vit_checkpoint, layer_decay=0.75, head_learning_rate=HEAD_LR, num_train_epochs=1, warmup_steps=0
     )
     step = recorder.steps[0]
     assert step["trained"] == set(depth_map.depth)
@@ -315,11 +271,9 @@ def test_full_strategy_trains_everything_with_layer_decay_and_a_head_rate(
     }  # each depth: a decayed and an undecayed group
 
 
-def test_frozen_batch_norm_statistics_do_not_move(resnet_checkpoint, data_root, tmp_path):
+def test_frozen_batch_norm_statistics_do_not_move(resnet_checkpoint, run):
     before = AutoModelForImageClassification.from_pretrained(resnet_checkpoint).state_dict()
-    outcome, recorder, _ = run(
-        tmp_path, resnet_checkpoint, data_root, finetune_strategy="linear_probe", num_train_epochs=1
-    )
+    outcome, recorder, _ = run(resnet_checkpoint, finetune_strategy="linear_probe", num_train_epochs=1)
     after = load_file(outcome.output_dir / "model.safetensors")
     stats = [k for k in before if k.endswith("running_mean")]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
@@ -341,10 +295,8 @@ def test_plan_validation():
 # ---------------------------------------------------------------- gradients and failures
 
 
-def test_gradient_norms_by_depth_are_logged(vit_checkpoint, data_root, tmp_path):
-    outcome, _, _ = run(
-        tmp_path, vit_checkpoint, data_root, num_train_epochs=1, logging_steps=2, layer_decay=0.8
-    )
+def test_gradient_norms_by_depth_are_logged(vit_checkpoint, run):
+    outcome, _, _ = run(vit_checkpoint, num_train_epochs=1, logging_steps=2, layer_decay=0.8)
     logs = json.loads((outcome.output_dir / "trainer_state.json").read_text())["log_history"]
     training_logs = [entry for entry in logs if "loss" in entry]
     assert training_logs
@@ -406,11 +358,9 @@ def test_drop_path_rate_is_set_where_it_exists(convnext_checkpoint, vit_checkpoi
         build_model(str(vit_checkpoint), ["a", "b"], drop_path_rate=0.1)
 
 
-def test_early_stopping_on_macro_f1(vit_checkpoint, data_root, tmp_path):
+def test_early_stopping_on_macro_f1(vit_checkpoint, run):
     outcome, _, _ = run(
-        tmp_path,
         vit_checkpoint,
-        data_root,
         num_train_epochs=6,
         learning_rate=0.0,
         head_learning_rate=0.0,
@@ -420,10 +370,8 @@ def test_early_stopping_on_macro_f1(vit_checkpoint, data_root, tmp_path):
     assert state["epoch"] == 2  # no improvement after the first evaluation: stopped one evaluation later
 
 
-def test_ema_weights_are_evaluated_checkpointed_and_saved(vit_checkpoint, data_root, tmp_path):
-    outcome, _, _ = run(
-        tmp_path, vit_checkpoint, data_root, num_train_epochs=2, ema_decay=0.5, load_best_model_at_end="false"
-    )
+def test_ema_weights_are_evaluated_checkpointed_and_saved(vit_checkpoint, run):
+    outcome, _, _ = run(vit_checkpoint, num_train_epochs=2, ema_decay=0.5, load_best_model_at_end="false")
     out = outcome.output_dir
     last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     raw, ema = load_file(last / "model.safetensors"), load_file(last / "ema.safetensors")

@@ -94,7 +94,8 @@ def test_mistyped_label_column_with_data_dir_names_the_closest_column(tmp_path, 
 
 
 def test_label_column_in_another_case_is_suggested(tmp_path):
-    from hf_classifier.data.sources import DataSourceError, from_metadata_csv
+    from hf_classifier.data.schema import DataSourceError
+    from hf_classifier.data.sources import from_metadata_csv
 
     (tmp_path / "m.csv").write_text("file_path,Family\na.jpg,x\n")
     with pytest.raises(DataSourceError, match="Did you mean --label_column Family"):

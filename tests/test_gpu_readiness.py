@@ -16,12 +16,10 @@ from transformers import TrainerCallback
 
 from hf_classifier.cli import arguments
 from hf_classifier.cli.arguments import ClassifierTrainingArguments, OptionError
-from hf_classifier.models.build import (
-    PHYLUM_LOGITS,
-    attach_phylum_head,
-    build_model,
-    parameters_without_gradient,
-)
+from hf_classifier.hierarchy import ParentLabels
+from hf_classifier.hierarchy.multitask import ParentHead
+from hf_classifier.models.build import AUXILIARY_LOGITS as PHYLUM_LOGITS
+from hf_classifier.models.build import build_model, parameters_without_gradient
 from hf_classifier.models.regularization import ModelEMA
 from hf_classifier.transforms.pipeline import Normalize, PreprocessSpec
 
@@ -127,13 +125,13 @@ def test_multitask_on_a_pooled_cnn_trains_under_bf16_autocast(tmp_path):
     """ResNet's pooled features come out of autocast in bf16; the phylum head (fp32 weights) must run
     inside the forward, under the same autocast, or its matmul fails on mixed dtypes."""
     checkpoint = save_checkpoint(tmp_path / "resnet", "resnet")
-    model = build_model(str(checkpoint), ["chordata_a", "chordata_b", "arthropoda_c"])
+    labels = ["chordata_a", "chordata_b", "arthropoda_c"]
+    model = build_model(str(checkpoint), labels)
+    phyla = ParentLabels(
+        "phylum", {"chordata_a": "chordata", "chordata_b": "chordata", "arthropoda_c": "arthropoda"}
+    )
     trainer = make_trainer(
-        model,
-        checkpoint,
-        tmp_path / "run",
-        phylum_head=attach_phylum_head(model, 2),
-        phylum_index=torch.tensor([1, 1, 0]),
+        model, checkpoint, tmp_path / "run", auxiliary_task=ParentHead(model, labels, phyla, weight=0.3)
     )
     # What Accelerate does with mixed_precision bf16: the model's forward runs under autocast.
     model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
@@ -155,7 +153,7 @@ def test_a_model_cast_to_bf16_gets_bf16_inputs_and_keeps_a_fp32_average(tmp_path
     ema = ModelEMA(model, decay=0.999)  # built from the fp32 model, as training does
     trainer = make_trainer(model, convnext_checkpoint, tmp_path / "run")
     model.to(torch.bfloat16)
-    batch = trainer._prepare_inputs({"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)})
+    batch = trainer.model_inputs({"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)})
     assert batch["pixel_values"].dtype == torch.bfloat16
     assert model(pixel_values=batch["pixel_values"]).logits.shape == (2, 2)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_classifier.data.images import BadImageError, check_image, find_bad_images, open_image
+from hf_classifier.data.images import BadImageError, open_image
+from hf_classifier.data.scan import check_image, find_bad_images
 
 RED = (220, 30, 40)
 
@@ -210,14 +211,16 @@ def test_draft_decoding_leaves_a_callers_image_alone_and_reports_oversized_files
 
 
 def test_a_bad_image_past_the_first_check_chunk_drops_exactly_its_own_row(tmp_path, monkeypatch):
-    """The check reads images in chunks (2,048 by default; 5 here): a bad file in a later chunk must be
+    """The check reads images in chunks (1,024 by default; 5 here): a bad file in a later chunk must be
     reported and removed by its row in the whole split, not by its place inside the chunk."""
     import csv
 
     import hf_classifier.data.checks as quality
-    from hf_classifier.data.sources import IMAGE, from_image_folder
+    import hf_classifier.data.scan as scan
+    from hf_classifier.data.schema import IMAGE
+    from hf_classifier.data.sources import from_image_folder
 
-    monkeypatch.setattr(quality, "_CHUNK", 5)
+    monkeypatch.setattr(scan, "_CHUNK", 5)
     (tmp_path / "data" / "cats").mkdir(parents=True)
     for i in range(13):
         Image.new("RGB", (12, 10), (20 * i, 40, 90)).save(tmp_path / "data" / "cats" / f"{i:02d}.jpg")
@@ -250,3 +253,33 @@ def test_a_too_large_image_is_caught_by_the_up_front_check(tmp_path, monkeypatch
         quality.drop_bad_images(data, skip=False, report_dir=tmp_path, num_workers=1)
     with (tmp_path / quality.BAD_IMAGES_FILE).open(encoding="utf-8") as handle:
         assert handle.read().count("too large") == 1
+
+
+def rotated_jpeg(path, size=(1200, 900), orientation=6):
+    """A JPEG stored `size` (width, height), to be displayed turned by its EXIF orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", size, RED).save(path, exif=exif, quality=90)
+    return path
+
+
+def test_one_read_gives_the_verdict_the_facts_and_the_picture(tmp_path):
+    """The scan shared by the check, `inspect` and `prepare`: one decode of a rotated JPEG gives its
+    header, its size as displayed and its hashes, at the draft scale (a rotated photo is drafted too)."""
+    from hf_classifier.data.duplicates import content_hash
+    from hf_classifier.data.scan import scan_image
+
+    path = rotated_jpeg(tmp_path / "portrait.jpg")
+    scan = scan_image(path, draft_size=(100, 100), hashes=True, keep_image=True)
+    assert (scan.format, scan.mode, scan.orientation) == ("JPEG", "RGB", 6)
+    assert (scan.width, scan.height) == (900, 1200) and scan.readable and scan.problem is None
+    assert scan.content_hash == content_hash(path.read_bytes()) and scan.perceptual_hash is not None
+    assert scan.image.size == (113, 150)  # 1/8 scale, upright
+    unreadable = scan_image(tmp_path / "missing.jpg", hashes=True)
+    assert not unreadable.readable and unreadable.problem == "file not found"
+
+
+def test_the_shape_check_measures_the_photo_not_its_draft(tmp_path):
+    """A JPEG banner decodes at 1/8 scale for the check (3,750 x 3 px): its ratio is the photo's."""
+    Image.new("RGB", (30000, 20), RED).save(tmp_path / "banner.jpg", quality=80)
+    assert check_image(tmp_path / "banner.jpg").startswith("aspect ratio 1500:1 (limit 20:1)")

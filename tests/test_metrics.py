@@ -92,3 +92,44 @@ def test_compute_metrics_from_logits():
 def test_no_top5_with_fewer_than_five_classes():
     metrics = classification_metrics(np.eye(3), np.array([0, 1, 2]))
     assert "top5_accuracy" not in metrics and metrics["f1_macro"] == 1.0
+
+
+def test_the_bundled_modules_compute_what_the_library_computes():
+    # One implementation: the evaluate modules give, to the last bit, the figures of the functions
+    # that Trainer, evaluate and compare use, including on batches of resamples.
+    from hf_classifier.evaluation import metrics
+
+    rng = np.random.default_rng(0)
+    references, predictions = rng.integers(0, 7, 300), rng.integers(0, 7, 300)
+    counts = metrics.class_counts(predictions, references, 7)
+    for name, score in metrics.PER_CLASS.items():
+        module = load_metric(name)
+        assert module.compute(predictions=predictions, references=references, average=None)[name] == (
+            score(counts).tolist()
+        )
+        assert module.compute(predictions=predictions, references=references)[name] == float(
+            metrics.macro_average(score(counts), counts)
+        )
+    rows = rng.integers(0, 300, size=(4, 300))
+    batched = metrics.macro_f1(references[rows], predictions[rows], 7)
+    assert batched.tolist() == [
+        load_metric("f1").compute(predictions=predictions[r], references=references[r])["f1"] for r in rows
+    ]
+    scores = rng.random((300, 7))
+    assert load_metric("top_k_accuracy").compute(predictions=scores, references=references, k=3)[
+        "top_k_accuracy"
+    ] == metrics.top_k_accuracy(scores.astype(np.float32), references, 3)
+
+
+def test_weakest_classes_rank_by_f1_then_name_and_skip_classes_without_images():
+    from hf_classifier.evaluation.metrics import weakest_classes
+
+    per_class = {
+        "zebra": {"f1": 0.2, "support": 3},
+        "ant": {"f1": 0.2, "support": 1},  # a tie: by name
+        "unseen": {"f1": 0.0, "support": 0},  # no image to judge it on
+        "bee": {"f1": 0.9, "support": 2},
+        "wasp": {"f1": 0.5, "support": 2},
+    }
+    assert [label for label, _ in weakest_classes(per_class)] == ["ant", "zebra", "wasp", "bee"]
+    assert weakest_classes(per_class, count=1) == [("ant", per_class["ant"])]

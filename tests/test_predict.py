@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from hf_classifier.cli.commands import main
-from hf_classifier.data.sources import DataSourceError
-from hf_classifier.evaluation.predictions import collect_inputs, predict
+from hf_classifier.data.resolve import resolve_images as collect_inputs
+from hf_classifier.data.schema import DataSourceError
+from hf_classifier.evaluation.predictions import predict
 from hf_classifier.models.build import build_model, load_image_processor
 
 FAMILIES = ["ardeidae", "felidae", "formicidae"]
@@ -130,3 +131,52 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(model_dir, photos, tmp_path
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="--device cpu"):
         predict(str(model_dir), [str(photos)], tmp_path / "p.csv", device="cuda")
+
+
+def test_the_inference_flags_reach_the_engine_whole(model_dir, photos, tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from hf_classifier.cli.arguments import EvaluateArguments, field_names
+    from hf_classifier.evaluation import predictions
+    from hf_classifier.evaluation.inference import InferenceOptions
+
+    engine, received = predictions.classify, []
+
+    def spy(predictor, sources, options, **kwargs):
+        received.append(options)
+        return engine(predictor, sources, options, **kwargs)
+
+    monkeypatch.setattr(predictions, "classify", spy)
+    flags = "--batch_size 3 --device cpu --num_workers 0 --tta flip --precision fp32".split()
+    output = tmp_path / "p.csv"
+    assert (
+        main(["predict", "--model", str(model_dir), "--input", str(photos), "--output", str(output), *flags])
+        == 0
+    )
+    assert received == [
+        InferenceOptions(
+            batch_size=3, device="cpu", num_workers=0, tta="flip", precision="fp32", distributed=True
+        )
+    ]
+    assert len(read(output)) == 4
+    # evaluate's flags are the same options: none is left behind by InferenceOptions.of
+    shared = {f.name for f in fields(InferenceOptions)} - {"progress", "distributed"}
+    assert shared <= field_names(EvaluateArguments)
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, got 'fp16'"):
+        InferenceOptions(precision="fp16")
+
+
+def test_a_listing_resolves_as_it_does_for_training(photos, tmp_path):
+    """predict reads a CSV through the same resolver as `train --metadata_csv`: a wrong --image_root
+    stops at once, naming it, instead of giving one 'file not found' row per image."""
+    from hf_classifier.data.resolve import resolve_images
+
+    listing = tmp_path / "list.csv"
+    listing.write_text("file_path\na.jpg\nnested/b.png\n")
+    with pytest.raises(DataSourceError, match=r"--image_root .*nowhere is not a folder"):
+        resolve_images([str(listing)], image_root=str(tmp_path / "nowhere"))
+    found = resolve_images([str(listing)], image_root=str(photos))
+    assert [(item.id, item.source) for item in found] == [
+        ("a.jpg", str(photos / "a.jpg")),
+        ("nested/b.png", str(photos / "nested" / "b.png")),
+    ]

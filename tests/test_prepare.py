@@ -19,7 +19,8 @@ from hf_classifier.cli.arguments import ClassifierTrainingArguments
 from hf_classifier.data.checks import BadImagesError
 from hf_classifier.data.images import BadImageError, decode_image
 from hf_classifier.data.prepared import prepare_split, prepared_size, stored_size_for
-from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL, from_image_folder
+from hf_classifier.data.schema import FILE_PATH, IMAGE, LABEL
+from hf_classifier.data.sources import from_image_folder
 from hf_classifier.transforms.pipeline import create_transform
 
 
@@ -220,7 +221,8 @@ def test_the_cache_holds_images_only_so_labels_always_come_from_the_source(photo
     """Same photos, another label column (or corrected labels): the cache is reused, the labels are
     the ones asked for, and split CSVs written after preparing still list paths, not pixels."""
     from hf_classifier.data.prepared import prepare_data
-    from hf_classifier.data.sources import SOURCE_IMAGE, from_metadata_csv
+    from hf_classifier.data.schema import SOURCE_IMAGE
+    from hf_classifier.data.sources import from_metadata_csv
     from hf_classifier.data.splits import write_splits
 
     paths = sorted(p for p in photos.rglob("*.jpg"))
@@ -240,3 +242,26 @@ def test_the_cache_holds_images_only_so_labels_always_come_from_the_source(photo
     write_splits(prepared, tmp_path / "splits")
     header, first, *_ = (tmp_path / "splits" / "train.csv").read_text().splitlines()
     assert header.split(",")[0] == "image" and first.split(",")[0].endswith(".jpg")
+
+
+def test_train_with_prepare_decodes_each_photo_once(photos, tmp_path, vit_checkpoint, monkeypatch):
+    """Preparing reads each photo through the same scan as the check and keeps its verdict: the photos
+    are decoded once up front, not once to check them and again to prepare them."""
+    from helpers import TRAIN_ARGS, train_argv
+
+    import hf_classifier.data.scan as scan
+    from hf_classifier.cli.arguments import parse_args
+    from hf_classifier.training.run import load_training_data
+
+    decode, decoded = scan.decode_image, []
+
+    def counting(source, *args, **kwargs):
+        decoded.append(source)
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(scan, "decode_image", counting)
+    flags = dict(prepare="true", prepare_num_proc=1, prepared_cache_dir=tmp_path / "cache")
+    argv = train_argv(tmp_path / "run", data_dir=photos, model_name_or_path=vit_checkpoint, **flags)
+    data = load_training_data(*parse_args(TRAIN_ARGS, argv))
+    assert sum(len(split) for split in data.splits.values()) == 11
+    assert sorted(decoded) == sorted(str(path) for path in photos.rglob("*.jpg"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TRAIN_ARGS, train_run
+from helpers import TINY_VIT, TRAIN_ARGS, train_run
 from transformers import (
     AutoModelForImageClassification,
     BitImageProcessor,
@@ -23,27 +23,14 @@ from hf_classifier.training.run import finetune_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+FOUR_BLOCK_VIT = {**TINY_VIT, "num_hidden_layers": 4}
 TINY = {  # a small model of each recipe's architecture, built from a config
-    "google/vit-base-patch16-224-in21k": lambda: ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-    ),
+    "google/vit-base-patch16-224-in21k": lambda: ViTConfig(**FOUR_BLOCK_VIT),
     "facebook/convnext-tiny-224": lambda: ConvNextConfig(depths=[1, 1, 2, 1], hidden_sizes=[8, 16, 24, 32]),
     "microsoft/resnet-50": lambda: ResNetConfig(
         depths=[1, 1, 2, 1], hidden_sizes=[8, 16, 24, 32], embedding_size=8
     ),
-    "facebook/dinov2-small": lambda: Dinov2Config(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-    ),
+    "facebook/dinov2-small": lambda: Dinov2Config(**FOUR_BLOCK_VIT),
     "microsoft/swin-tiny-patch4-window7-224": lambda: SwinConfig(
         image_size=32, patch_size=4, embed_dim=8, depths=[1, 2], num_heads=[1, 1], window_size=4
     ),

@@ -12,10 +12,8 @@ from helpers import make_image_tree
 from PIL import Image as PILImage
 
 from hf_classifier.data.checks import BAD_IMAGES_FILE, BadImagesError, drop_bad_images
+from hf_classifier.data.schema import IMAGE, LABEL, DataSourceError
 from hf_classifier.data.sources import (
-    IMAGE,
-    LABEL,
-    DataSourceError,
     from_dataset,
     from_image_folder,
     from_metadata_csv,

@@ -222,7 +222,7 @@ def tiny_predictor(num_labels: int, seed: int):
 
 
 def test_classify_copies_to_the_host_without_a_blocking_copy_per_batch(tmp_path, monkeypatch):
-    from hf_classifier.evaluation.predictions import classify
+    from hf_classifier.evaluation.inference import classify
 
     paths = []
     for seed in range(5):
@@ -241,7 +241,7 @@ def test_classify_copies_to_the_host_without_a_blocking_copy_per_batch(tmp_path,
 
 
 def test_top_k_rows_rank_as_the_full_matrix_does():
-    from hf_classifier.evaluation.predictions import _dense_rows, _top_k_rows
+    from hf_classifier.evaluation.inference import _dense_rows, _top_k_rows
 
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(12), size=40).astype(np.float32)

@@ -12,7 +12,7 @@ from helpers import TRAIN_ARGS, train_argv, write_shards
 from transformers import TrainerCallback
 
 from hf_classifier.cli.arguments import DataArguments, parse_args
-from hf_classifier.data.sources import FILE_PATH, LABEL, DataSourceError
+from hf_classifier.data.schema import FILE_PATH, LABEL, DataSourceError
 from hf_classifier.training.run import train
 
 

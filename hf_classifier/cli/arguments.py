@@ -6,21 +6,39 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
 from hf_classifier.data.images import available_cpus
-from hf_classifier.data.sources import ImageData, load_image_data
+from hf_classifier.data.schema import ImageData
+from hf_classifier.data.sources import load_image_data
+from hf_classifier.evaluation.inference import Device, Precision, Tta
+from hf_classifier.hierarchy import DEFAULT_PARENT_COLUMN, STRATEGY_HIERARCHY, Hierarchy
+from hf_classifier.models.finetuning import FinetuneStrategy
+from hf_classifier.models.regularization import ClassWeighting
+from hf_classifier.transforms.pipeline import Augmentation
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def keywords_for(function: Callable[..., Any], *arguments: Any, **given: Any) -> dict[str, Any]:
+    """The keyword-only parameters of `function` that the argument dataclasses `arguments` have a field
+    of the same name for, with its value, then `given`: the flags handed over whole, by name, rather
+    than relayed one by one."""
+    names = [name for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    values = {name: getattr(source, name) for source in arguments for name in names if hasattr(source, name)}
+    return {**values, **given}
 
 
 @dataclass
@@ -61,6 +79,14 @@ class DataSourceArguments:
             "'label' for CSVs and Hub data sets."
         },
     )
+    parent_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with a coarser label over the classes (e.g. order): its metrics, its prediction "
+            f"column, and what --hierarchy uses. Default: {DEFAULT_PARENT_COLUMN}, when the data has it "
+            "(a column, or class folders named phylum_family such as chordata_ardeidae)."
+        },
+    )
     split_dir: str | None = field(
         default=None,
         metadata={
@@ -69,18 +95,15 @@ class DataSourceArguments:
     )
 
     def load_data(self, cache_dir: str | None = None, token: str | None = None) -> ImageData:
-        return load_image_data(
-            data_dir=self.data_dir,
-            metadata_csv=self.metadata_csv,
-            dataset_name=self.dataset_name,
-            dataset_config_name=self.dataset_config_name,
-            image_root=self.image_root,
-            image_column=self.image_column,
-            label_column=self.label_column,
-            split_dir=self.split_dir,
-            cache_dir=cache_dir,
-            token=token,
-        )
+        return load_image_data(**keywords_for(load_image_data, self, cache_dir=cache_dir, token=token))
+
+
+# --prepare's spellings (a YAML `true` arrives as "True").
+PREPARE_CHOICES: dict[str, bool | str] = {
+    "auto": "auto",
+    **dict.fromkeys(("true", "yes", "1"), True),
+    **dict.fromkeys(("false", "no", "0"), False),
+}
 
 
 @dataclass
@@ -103,14 +126,18 @@ class DataArguments(DataSourceArguments):
         default=True,
         metadata={"help": "Decode every image once before training so bad files show up at once."},
     )
-    augmentation: Literal["none", "light", "medium", "strong"] = field(
-        default="light", metadata={"help": "Training augmentation preset."}
-    )
-    prepare: bool = field(
-        default=False,
+    augmentation: Augmentation = field(default="light", metadata={"help": "Training augmentation preset."})
+    # Read as text (HfArgumentParser gives a flag one type) and turned into True, False or "auto" by
+    # __post_init__; `--prepare` alone means true.
+    prepare: str = field(
+        default="auto",
         metadata={
             "help": "Decode every photo once into a pre-resized Arrow copy (cached, reused by later epochs "
-            "and runs): much faster epochs on full-size photos."
+            "and runs): much faster epochs on full-size photos. auto: when they are cached already, or "
+            "read more than once (several epochs, not streamed) with twice the copies' size free on the "
+            "cache's disk; true (or the flag alone): always; false: never.",
+            "nargs": "?",
+            "const": "true",
         },
     )
     prepared_cache_dir: str | None = field(
@@ -152,7 +179,11 @@ class DataArguments(DataSourceArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.streaming and (self.prepare or self.split_dir or self.metadata_csv):
+        prepare = PREPARE_CHOICES.get(str(self.prepare).lower())
+        if prepare is None:
+            raise ValueError(f"--prepare takes auto, true or false, got {self.prepare!r}")
+        self.prepare = prepare
+        if self.streaming and (self.prepare is True or self.split_dir or self.metadata_csv):
             raise ValueError(
                 "--streaming reads WebDataset shards (--data_dir) or a Hub data set (--dataset_name); "
                 "it does not combine with --prepare, --split_dir or --metadata_csv."
@@ -217,9 +248,14 @@ class ModelArguments:
         }
 
 
+def redeclared(base: type, name: str, **default: Any) -> Any:
+    """Re-declare the field `name` of the dataclass `base` with another `default=` (or
+    `default_factory=`), keeping its help text."""
+    return field(metadata=base.__dataclass_fields__[name].metadata, **default)
+
+
 def _training_field(name: str, default: Any) -> Any:
-    """Re-declare a `TrainingArguments` field with our default, keeping its help text."""
-    return field(default=default, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+    return redeclared(TrainingArguments, name, default=default)
 
 
 def _cuda_available() -> bool:
@@ -339,9 +375,8 @@ class ClassifierTrainingArguments(TrainingArguments):
     greater_is_better: bool | None = _training_field("greater_is_better", True)
     # The image column must survive until our transform turns it into pixel_values.
     remove_unused_columns: bool = _training_field("remove_unused_columns", False)
-    dataloader_num_workers: int = field(
-        default_factory=default_num_workers,
-        metadata=TrainingArguments.__dataclass_fields__["dataloader_num_workers"].metadata,
+    dataloader_num_workers: int = redeclared(
+        TrainingArguments, "dataloader_num_workers", default_factory=default_num_workers
     )
     dataloader_persistent_workers: bool = _training_field("dataloader_persistent_workers", True)
     dataloader_prefetch_factor: int | None = _training_field("dataloader_prefetch_factor", 4)
@@ -357,7 +392,7 @@ class ClassifierTrainingArguments(TrainingArguments):
     )
 
     # Fine-tuning strategy (see hf_classifier/finetuning.py and the README's table)
-    finetune_strategy: Literal["full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze"] = field(
+    finetune_strategy: FinetuneStrategy = field(
         default="full", metadata={"help": "Which parameters train when."}
     )
     freeze_epochs: int = field(
@@ -388,18 +423,20 @@ class ClassifierTrainingArguments(TrainingArguments):
             "checkpoint's, when its card is on disk."
         },
     )
-    # The label hierarchy (family -> phylum, from a phylum column or phylum_family folders)
-    hierarchy: Literal["none", "multitask", "experts"] = field(
+    # The label hierarchy (family -> phylum, or the coarser column --parent_column names)
+    hierarchy: Hierarchy = field(
         default="none",
         metadata={
-            "help": "none: one family classifier. multitask: plus an auxiliary phylum head and loss on the "
-            "same backbone (the saved model is a plain family classifier). experts: a phylum "
-            "classifier routing each image to one family model per phylum."
+            "help": "none: one classifier. multitask: plus an auxiliary head and loss for the parent label "
+            "(--parent_column, e.g. phylum) on the same backbone (the saved model is a plain classifier). "
+            "experts: a parent classifier routing each image to one model per parent."
         },
     )
-    phylum_loss_weight: float = field(default=0.3, metadata={"help": "multitask: weight of the phylum loss."})
+    phylum_loss_weight: float = field(
+        default=0.3, metadata={"help": "multitask: weight of the parent (e.g. phylum) loss."}
+    )
     # Overfitting and imbalance
-    class_weighting: Literal["none", "balanced", "effective_number"] = field(
+    class_weighting: ClassWeighting = field(
         default="none",
         metadata={
             "help": "Weight the loss by inverse class frequency (balanced) or by the "
@@ -580,6 +617,47 @@ class ClassifierTrainingArguments(TrainingArguments):
                 "--repo_id USER/NAME`."
             )
 
+    def for_streaming(self) -> ClassifierTrainingArguments:
+        """A copy of these arguments for training on a stream (`--streaming`; this object is left as
+        it is). A stream has no length: training is counted in steps, and what needs the label counts
+        or the epochs up front is refused with the alternative. Epoch-based evaluation and saving
+        become step-based (every tenth of the run unless --eval_steps / --save_steps say otherwise), and
+        a resumed run is not replayed up to its checkpoint (that would decode every image seen so far
+        again): it starts at once, in a new order drawn from the seed and the step."""
+        from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+        from hf_classifier.data.schema import DataSourceError
+
+        if self.max_steps is None or self.max_steps <= 0:
+            raise DataSourceError("--streaming needs --max_steps: a stream has no length to count epochs in.")
+        if self.finetune_strategy in ("freeze_then_unfreeze", "gradual_unfreeze"):
+            raise DataSourceError(
+                f"--finetune_strategy {self.finetune_strategy} counts epochs, which a stream does not have; "
+                "use full or linear_probe (with --layer_decay / --head_learning_rate) with --streaming."
+            )
+        if self.class_weighting != "none" or self.balanced_sampler:
+            raise DataSourceError(
+                "--class_weighting and --balanced_sampler need the class counts up front, which a stream "
+                "does not give; leave them off with --streaming."
+            )
+        # Not dataclasses.replace: that would run __post_init__ (its checks and warnings) again.
+        stream = copy.copy(self)
+        every = max(1, self.max_steps // 10)
+        if self.eval_strategy == IntervalStrategy.EPOCH:
+            stream.eval_strategy = IntervalStrategy.STEPS
+            stream.eval_steps = self.eval_steps if self.eval_steps and self.eval_steps >= 1 else every
+        if self.save_strategy == SaveStrategy.EPOCH:
+            stream.save_strategy = SaveStrategy.STEPS
+            stream.save_steps = stream.eval_steps if stream.eval_strategy == IntervalStrategy.STEPS else every
+        if self.logging_steps > self.max_steps:
+            stream.logging_steps = every
+        stream.ignore_data_skip = True
+        # Each process reads its own shards (Accelerate's default would read the stream on the main
+        # process only and send the batches to the others).
+        stream.accelerator_config = copy.copy(self.accelerator_config)
+        stream.accelerator_config.dispatch_batches = False
+        return stream
+
 
 # --report_to name -> (transformers' availability check, the package to install)
 REPORT_TO_PACKAGES = {
@@ -602,8 +680,32 @@ REPORT_TO_PACKAGES = {
 REPORT_TO_EXTRAS = ("mlflow", "tensorboard", "trackio", "wandb")
 
 
+@dataclass(kw_only=True)
+class InferenceArguments:
+    """How a trained model runs over the images: the flags predict and evaluate share, passed whole to
+    the inference engine (`InferenceOptions.of`). Keyword-only, so that a command's own required
+    fields (--model, ...) may follow these defaults."""
+
+    batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
+    device: Device = field(default="auto", metadata={"help": "Where to run the model."})
+    num_workers: int = field(
+        default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
+    )
+    tta: Tta = field(
+        default="none",
+        metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata={
+            "help": "Inference precision. auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 "
+            "on a CPU with AVX512-BF16/AMX is about 2x faster than fp32."
+        },
+    )
+
+
 @dataclass
-class PredictArguments:
+class PredictArguments(InferenceArguments):
     model: str = field(metadata={"help": "A fine-tuned model folder (OUTPUT_DIR of train) or a Hub id."})
     input: list[str] = field(
         metadata={"help": "An image folder, a CSV listing images, or image files.", "nargs": "+"}
@@ -621,24 +723,6 @@ class PredictArguments:
         metadata={"help": "The CSV's id column (default: rare_species_id when present, else the path)."},
     )
     top_k: int = field(default=1, metadata={"help": "Also write the next K-1 labels and their scores."})
-    batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
-    device: Literal["auto", "cpu", "cuda", "mps"] = field(
-        default="auto", metadata={"help": "Where to run the model."}
-    )
-    num_workers: int = field(
-        default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
-    )
-    tta: Literal["none", "flip"] = field(
-        default="none",
-        metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
-    )
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        default="auto",
-        metadata={
-            "help": "Inference precision. auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 "
-            "on a CPU with AVX512-BF16/AMX is about 2x faster than fp32."
-        },
-    )
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -829,7 +913,7 @@ def parse_args(
         argv = expand_config_file(list(argv))
         if any(issubclass(kind, TrainingArguments) for kind in dataclass_types):
             argv = couple_evaluation_to_saving(parser, argv)
-        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        parsed = streamed_training(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
     except OptionError:
         raise
     except ValueError as error:  # the dataclasses' checks (ours and TrainingArguments'): bad options
@@ -838,12 +922,31 @@ def parse_args(
     return parsed
 
 
+def streamed_training(parsed: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Training arguments parsed beside a streamed data source (`--streaming`) are those for a stream:
+    counted in steps (`ClassifierTrainingArguments.for_streaming`)."""
+    if not any(isinstance(p, DataArguments) and p.streaming for p in parsed):
+        return parsed
+    return tuple(p.for_streaming() if isinstance(p, ClassifierTrainingArguments) else p for p in parsed)
+
+
 def field_names(dataclass_type: type) -> set[str]:
     return {f.name for f in fields(dataclass_type)}
 
 
+@dataclass(kw_only=True)
+class ImageScanArguments:
+    """How every image is read once and compared: the flags inspect and split share (keyword-only, so
+    that a command's own required fields may follow these defaults)."""
+
+    near_duplicate_threshold: int = field(
+        default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
+    )
+    num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
+
+
 @dataclass
-class InspectArguments:
+class InspectArguments(ImageScanArguments):
     output_dir: str = field(metadata={"help": "Where report.json, the plots and the contact sheets go."})
     tiny_size: int = field(
         default=64, metadata={"help": "Images with a shorter side below this are listed as tiny."}
@@ -851,24 +954,16 @@ class InspectArguments:
     min_images_per_class: int = field(
         default=10, metadata={"help": "Classes with fewer images are listed as too small to learn."}
     )
-    near_duplicate_threshold: int = field(
-        default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
-    )
     samples_per_class: int = field(default=6, metadata={"help": "Pictures per class on the contact sheets."})
-    num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
     seed: int = field(default=0, metadata={"help": "Seed for the contact sheet samples."})
 
 
 @dataclass
-class SplitArguments:
+class SplitArguments(ImageScanArguments):
     output_dir: str = field(metadata={"help": "Where train.csv, validation.csv and test.csv go."})
     val_size: float = field(default=0.1, metadata={"help": "Share of each class for validation."})
     test_size: float = field(default=0.1, metadata={"help": "Share of each class for the final test."})
     seed: int = field(default=42, metadata={"help": "Same seed, same split."})
-    near_duplicate_threshold: int = field(
-        default=8, metadata={"help": "Perceptual-hash bits (of 64) within which two images count as copies."}
-    )
-    num_workers: int | None = field(default=None, metadata={"help": "Parallel readers (default: all CPUs)."})
 
     def __post_init__(self) -> None:
         from hf_classifier.data.splits import check_split_sizes
@@ -878,9 +973,7 @@ class SplitArguments:
 
 @dataclass
 class AugmentPreviewArguments:
-    augmentation: Literal["none", "light", "medium", "strong"] = field(
-        default="medium", metadata={"help": "The preset to look at."}
-    )
+    augmentation: Augmentation = field(default="medium", metadata={"help": "The preset to look at."})
     output: str = field(default="augment_preview.png", metadata={"help": "The PNG to write."})
     model_name_or_path: str | None = field(
         default=None,
@@ -893,29 +986,12 @@ class AugmentPreviewArguments:
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(InferenceArguments):
     model: str = field(
         metadata={"help": "A trained model folder (OUTPUT_DIR of train, experts included) or Hub id."}
     )
     output_dir: str = field(metadata={"help": "Where metrics.json, the reports and the pictures go."})
-    tta: Literal["none", "flip"] = field(
-        default="none",
-        metadata={"help": "Test-time augmentation: 'flip' averages the image and its mirror image."},
-    )
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        default="auto",
-        metadata={
-            "help": "Inference precision. auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 "
-            "on a CPU with AVX512-BF16/AMX is about 2x faster than fp32."
-        },
-    )
-    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
-    device: Literal["auto", "cpu", "cuda", "mps"] = field(
-        default="auto", metadata={"help": "Where to run the model."}
-    )
-    num_workers: int = field(
-        default_factory=default_num_workers, metadata={"help": "Image decoding workers."}
-    )
+    batch_size: int = redeclared(InferenceArguments, "batch_size", default=64, kw_only=True)
     max_misclassified: int = field(
         default=48, metadata={"help": "Wrong predictions shown in misclassified.png."}
     )
@@ -927,6 +1003,18 @@ class CompareArguments:
         default="flat,multitask,experts",
         metadata={"help": "Comma-separated: flat (no hierarchy), multitask, experts."},
     )
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.strategy_names if name not in STRATEGY_HIERARCHY]
+        if unknown or not self.strategy_names:
+            raise ValueError(
+                f"--strategies {self.strategies!r}: choose one or more of {', '.join(STRATEGY_HIERARCHY)}, "
+                "comma-separated."
+            )
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return [name.strip() for name in self.strategies.split(",") if name.strip()]
 
 
 @dataclass
@@ -951,10 +1039,7 @@ class PrepareArguments:
     image_size: int = field(
         default=224, metadata={"help": "The training size; images are stored at a margin above it."}
     )
-    cache_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where prepared copies are kept (default: ~/.cache/hf_classifier/prepared)."},
-    )
+    cache_dir: str | None = redeclared(DataArguments, "prepared_cache_dir", default=None)
     num_proc: int | None = field(default=None, metadata={"help": "Processes (default: all CPUs)."})
     skip_bad_images: bool = field(
         default=True, metadata={"help": "Record unreadable images instead of stopping."}
@@ -962,3 +1047,9 @@ class PrepareArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where bad_images.csv goes (default: the cache)."}
     )
+
+    def __post_init__(self) -> None:
+        from hf_classifier.data.prepared import default_cache_dir
+
+        self.cache_dir = self.cache_dir or str(default_cache_dir())
+        self.output_dir = self.output_dir or self.cache_dir

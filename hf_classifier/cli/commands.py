@@ -1,269 +1,267 @@
-"""`hf-classifier COMMAND ...`: thin wrappers that parse arguments and call the library."""
+"""`hf-classifier COMMAND ...`: each command parses its argument dataclasses, hands them to the
+library and returns the line to print."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hf_classifier import __version__
+
+if TYPE_CHECKING:
+    from hf_classifier.cli.arguments import (
+        AugmentPreviewArguments,
+        ClassifierTrainingArguments,
+        CompareArguments,
+        DataArguments,
+        DataSourceArguments,
+        EvaluateArguments,
+        InspectArguments,
+        ModelArguments,
+        PredictArguments,
+        PrepareArguments,
+        PushArguments,
+        SplitArguments,
+    )
+    from hf_classifier.quickstart.run import QuickstartArguments
 
 logger = logging.getLogger("hf_classifier")
 
 
-def train_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import (
-        ClassifierTrainingArguments,
-        DataArguments,
-        ModelArguments,
-        parse_args,
-    )
-    from hf_classifier.training.run import train
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """`hf-classifier NAME ARGS`, NAME from `run`'s name (`augment_preview_command`: augment-preview):
+    ARGS parsed into the `arguments` dataclasses (named in cli/arguments.py, or as package.module.Name),
+    `run` called with them, and the line it returns printed by the main process. The dataclasses are
+    imported when the command runs, so that `hf-classifier --help` answers at once."""
 
-    data_args, model_args, training_args = parse_args(
-        (DataArguments, ModelArguments, ClassifierTrainingArguments), argv, prog="hf-classifier train"
-    )
+    run: Callable[..., str | None]
+    arguments: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__.removesuffix("_command").replace("_", "-")
+
+    def __call__(self, argv: list[str]) -> int:
+        from hf_classifier.cli.arguments import parse_args
+        from hf_classifier.training.distributed import is_main_process
+
+        message = self.run(*parse_args(self.argument_types(), argv, prog=f"hf-classifier {self.name}"))
+        if message is not None and is_main_process():
+            print(message)
+        return 0
+
+    def argument_types(self) -> tuple[type, ...]:
+        types = []
+        for name in self.arguments:
+            module, _, class_name = name.rpartition(".")
+            types.append(
+                getattr(importlib.import_module(module or "hf_classifier.cli.arguments"), class_name)
+            )
+        return tuple(types)
+
+
+TRAINING_ARGUMENTS = ("DataArguments", "ModelArguments", "ClassifierTrainingArguments")
+
+
+def train_command(
+    data_args: DataArguments, model_args: ModelArguments, training_args: ClassifierTrainingArguments
+) -> str | None:
+    from hf_classifier.hierarchy.experts import train_model
+
     if not training_args.should_log:
         logger.setLevel(logging.WARNING)
-    outcome = train(data_args, model_args, training_args)
-    if training_args.should_save:
-        metrics = outcome.metrics
-        print(
-            f"\nModel written to {outcome.output_dir}: validation macro-F1 "
-            f"{metrics.get('eval_f1_macro', float('nan')):.4f}, accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
-        )
-    return 0
-
-
-def predict_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import PredictArguments, parse_args
-    from hf_classifier.evaluation.predictions import predict
-    from hf_classifier.training.distributed import is_main_process
-
-    (args,) = parse_args((PredictArguments,), argv, prog="hf-classifier predict")
-    result = predict(
-        args.model,
-        args.input,
-        args.output,
-        image_root=args.image_root,
-        image_column=args.image_column,
-        id_column=args.id_column,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        tta=args.tta,
-        precision=args.precision,
-        distributed=True,
+    outcome = train_model(data_args, model_args, training_args)
+    if not training_args.should_save:
+        return None
+    metrics = outcome.metrics
+    return (
+        f"\nModel written to {outcome.output_dir}: validation macro-F1 "
+        f"{metrics.get('eval_f1_macro', float('nan')):.4f}, accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
     )
-    if not is_main_process():
-        return 0
+
+
+def predict_command(args: PredictArguments) -> str:
+    from hf_classifier.cli.arguments import keywords_for
+    from hf_classifier.evaluation.inference import InferenceOptions
+    from hf_classifier.evaluation.predictions import predict
+
+    options = InferenceOptions.of(args, distributed=True)
+    result = predict(args.model, args.input, args.output, options, **keywords_for(predict, args))
     errors = f", {result.errors} unreadable (see the 'error' column)" if result.errors else ""
-    print(f"Wrote {result.rows} predictions ({result.label_name}) to {result.output}{errors}")
-    return 0
+    return f"Wrote {result.rows} predictions ({result.label_name}) to {result.output}{errors}"
 
 
-def push_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import CONFIG_FILE_SUFFIXES, PushArguments, parse_args
+def push_command(args: PushArguments) -> str:
+    from hf_classifier.cli.arguments import keywords_for
     from hf_classifier.hub.publish import collect_upload_set, push_model_folder
 
-    # `push DIR --repo_id ...`: the folder may come first, without a flag (a config file may too).
-    if argv and not argv[0].startswith("-") and not argv[0].endswith(CONFIG_FILE_SUFFIXES):
-        argv = ["--model_dir", argv[0], *argv[1:]]
-    (args,) = parse_args((PushArguments,), argv, prog="hf-classifier push")
     files = collect_upload_set(args.model_dir)
-    where = push_model_folder(
-        args.model_dir,
-        repo_id=args.repo_id,
-        token=args.token,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        dry_run=args.dry_run,
-    )
+    where = push_model_folder(args.model_dir, **keywords_for(push_model_folder, args))
     listing = "\n".join(f"  {name}" for name in files)
     if args.dry_run:
-        print(f"Dry run: the upload set ({len(files)} files) is in {where}; nothing was sent.\n{listing}")
-    else:
-        print(f"Pushed {len(files)} files to https://huggingface.co/{args.repo_id} ({where})\n{listing}")
-    return 0
+        return f"Dry run: the upload set ({len(files)} files) is in {where}; nothing was sent.\n{listing}"
+    return f"Pushed {len(files)} files to https://huggingface.co/{args.repo_id} ({where})\n{listing}"
 
 
-def quickstart_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import parse_args
-    from hf_classifier.quickstart.run import QuickstartArguments, run_quickstart, summary
+class PushCommand(Command):
+    """`push DIR --repo_id ...`: the folder may come first, without a flag (a config file may too)."""
 
-    (args,) = parse_args((QuickstartArguments,), argv, prog="hf-classifier quickstart")
-    print(summary(run_quickstart(args)))
-    return 0
+    def __call__(self, argv: list[str]) -> int:
+        from hf_classifier.cli.arguments import CONFIG_FILE_SUFFIXES
+
+        if argv and not argv[0].startswith("-") and not argv[0].endswith(CONFIG_FILE_SUFFIXES):
+            argv = ["--model_dir", argv[0], *argv[1:]]
+        return super().__call__(argv)
 
 
-def inspect_command(argv: list[str]) -> int:
-    from pathlib import Path
+def quickstart_command(args: QuickstartArguments) -> str:
+    from hf_classifier.quickstart.run import run_quickstart, summary
 
-    from hf_classifier.cli.arguments import DataSourceArguments, InspectArguments, parse_args
+    return summary(run_quickstart(args))
+
+
+def inspect_command(source: DataSourceArguments, args: InspectArguments) -> str:
+    from hf_classifier.cli.arguments import keywords_for
     from hf_classifier.data.inspection import inspect, summary
 
-    source, args = parse_args((DataSourceArguments, InspectArguments), argv, prog="hf-classifier inspect")
-    report = inspect(
-        source.load_data(),
-        args.output_dir,
-        tiny_size=args.tiny_size,
-        min_images_per_class=args.min_images_per_class,
-        near_threshold=args.near_duplicate_threshold,
-        samples_per_class=args.samples_per_class,
-        num_workers=args.num_workers,
-        seed=args.seed,
-    )
-    print(summary(report, Path(args.output_dir)))
-    return 0
+    options = keywords_for(inspect, source, args, near_threshold=args.near_duplicate_threshold)
+    report = inspect(source.load_data(), args.output_dir, **options)
+    return summary(report, Path(args.output_dir))
 
 
-def split_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import DataSourceArguments, SplitArguments, parse_args
+def split_command(source: DataSourceArguments, args: SplitArguments) -> str:
+    from hf_classifier.cli.arguments import keywords_for
     from hf_classifier.data.splits import split_without_leaks
 
-    source, args = parse_args((DataSourceArguments, SplitArguments), argv, prog="hf-classifier split")
-    report = split_without_leaks(
-        source.load_data(),
-        args.output_dir,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        seed=args.seed,
-        near_threshold=args.near_duplicate_threshold,
-        num_workers=args.num_workers,
-    )
+    options = keywords_for(split_without_leaks, args, near_threshold=args.near_duplicate_threshold)
+    report = split_without_leaks(source.load_data(), args.output_dir, **options)
     sizes = ", ".join(f"{name} {size}" for name, size in report["sizes"].items())
-    print(
+    return (
         f"Wrote {sizes} to {args.output_dir} ({report['duplicate_groups_kept_together']} duplicate groups kept "
         f"in one split). Train on it with: hf-classifier train --split_dir {args.output_dir} ..."
     )
-    return 0
 
 
-def evaluate_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import DataSourceArguments, EvaluateArguments, parse_args
-    from hf_classifier.data.sources import DataSourceError
-    from hf_classifier.evaluation.inference import load_predictor
+def evaluate_command(source: DataSourceArguments, args: EvaluateArguments) -> str | None:
+    from hf_classifier.cli.arguments import keywords_for
+    from hf_classifier.data.schema import DataSourceError
+    from hf_classifier.evaluation.inference import InferenceOptions, load_predictor
     from hf_classifier.evaluation.reports import evaluate_model
-    from hf_classifier.training.distributed import is_main_process
 
-    source, args = parse_args((DataSourceArguments, EvaluateArguments), argv, prog="hf-classifier evaluate")
     data = None
     if source.label_column is None:
         # The model knows which column it learned (e.g. family): use it when the data has that column.
         label_name = load_predictor(args.model).label_name
         if label_name != "label":
-            source.label_column = label_name
             try:
-                data = source.load_data()
+                data = dataclasses.replace(source, label_column=label_name).load_data()
             except DataSourceError:
-                source.label_column = None
+                pass
+    options = InferenceOptions.of(args, progress=True, distributed=True)
+    data = data or source.load_data()
     report = evaluate_model(
-        args.model,
-        data or source.load_data(),
-        args.output_dir,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        max_misclassified=args.max_misclassified,
-        precision=args.precision,
-        distributed=True,
+        args.model, data, args.output_dir, options, **keywords_for(evaluate_model, source, args)
     )
-    if not is_main_process():
-        return 0
-    phylum = f", phylum macro-F1 {report['phylum']['f1_macro']:.4f}" if "phylum" in report else ""
-    print(
+    if not report:  # a process other than the main one
+        return None
+    column = report.get("parent_column")
+    parent = f", {column} macro-F1 {report[column]['f1_macro']:.4f}" if column else ""
+    return (
         f"{report['num_images']} images: accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}"
-        f"{phylum}. Reports and pictures in {args.output_dir} (summary.md, metrics.json)."
+        f"{parent}. Reports and pictures in {args.output_dir} (summary.md, metrics.json)."
     )
-    return 0
 
 
-def compare_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import (
-        ClassifierTrainingArguments,
-        CompareArguments,
-        DataArguments,
-        ModelArguments,
-        parse_args,
-    )
+def compare_command(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: ClassifierTrainingArguments,
+    args: CompareArguments,
+) -> str:
     from hf_classifier.hierarchy.compare import compare
 
-    data_args, model_args, training_args, args = parse_args(
-        (DataArguments, ModelArguments, ClassifierTrainingArguments, CompareArguments),
-        argv,
-        prog="hf-classifier compare",
-    )
-    table = compare(
-        data_args, model_args, training_args, [s.strip() for s in args.strategies.split(",") if s.strip()]
-    )
-    print(table)
-    return 0
+    return compare(data_args, model_args, training_args, args.strategy_names)
 
 
-def prepare_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import DataSourceArguments, PrepareArguments, parse_args
+def prepare_command(source: DataSourceArguments, args: PrepareArguments) -> str:
     from hf_classifier.data.checks import handle_bad_rows
-    from hf_classifier.data.prepared import default_cache_dir, prepare_data, prepared_size
+    from hf_classifier.data.prepared import prepare_data, prepared_size
 
-    source, args = parse_args((DataSourceArguments, PrepareArguments), argv, prog="hf-classifier prepare")
-    cache_dir = args.cache_dir or str(default_cache_dir())
     size = prepared_size(args.image_size)
-    data, bad = prepare_data(source.load_data(), size, cache_dir=cache_dir, num_proc=args.num_proc)
-    data = handle_bad_rows(data, bad, skip=args.skip_bad_images, report_dir=args.output_dir or cache_dir)
+    data, bad = prepare_data(source.load_data(), size, cache_dir=args.cache_dir, num_proc=args.num_proc)
+    data = handle_bad_rows(data, bad, skip=args.skip_bad_images, report_dir=args.output_dir)
     total = sum(len(split) for split in data.splits.values())
-    print(
-        f"Prepared {total} images (shorter side {size} px) in {cache_dir}"
+    return (
+        f"Prepared {total} images (shorter side {size} px) in {args.cache_dir}"
         + (f"; {len(bad)} unreadable, listed in bad_images.csv" if bad else "")
         + ". Runs with the same data and --prepare reuse them."
     )
-    return 0
 
 
-def augment_preview_command(argv: list[str]) -> int:
-    from hf_classifier.cli.arguments import AugmentPreviewArguments, DataSourceArguments, parse_args
+def augment_preview_command(source: DataSourceArguments, args: AugmentPreviewArguments) -> str:
+    from hf_classifier.cli.arguments import keywords_for
     from hf_classifier.io_utils import write_png
     from hf_classifier.models.build import load_image_processor
     from hf_classifier.transforms.preview import augmentation_preview
 
-    source, args = parse_args(
-        (DataSourceArguments, AugmentPreviewArguments), argv, prog="hf-classifier augment-preview"
-    )
     processor = load_image_processor(args.model_name_or_path) if args.model_name_or_path else None
-    grid = augmentation_preview(
-        source.load_data(),
-        args.augmentation,
-        processor=processor,
-        image_size=args.image_size,
-        num_images=args.num_images,
-        num_versions=args.num_versions,
-        seed=args.seed,
-    )
+    options = keywords_for(augmentation_preview, args, processor=processor)
+    grid = augmentation_preview(source.load_data(), args.augmentation, **options)
     write_png(args.output, grid)
-    print(f"Wrote {args.output}")
-    return 0
+    return f"Wrote {args.output}"
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (train_command, "fine-tune a checkpoint on an image folder, a metadata CSV or a data set"),
-    "predict": (predict_command, "classify images: a folder, a CSV or files in, a CSV of id and label out"),
-    "inspect": (
-        inspect_command,
-        "look at the data: counts, sizes, modes, unreadable files, duplicates, plots",
-    ),
-    "prepare": (
-        prepare_command,
-        "decode every photo once into a pre-resized, cached Arrow copy (fast epochs)",
-    ),
-    "split": (split_command, "write leak-free stratified train / validation / test CSVs"),
-    "evaluate": (evaluate_command, "metrics, confusion matrix, misclassified images and summary for a model"),
-    "push": (push_command, "upload a trained model (weights, config, processor, card) to the Hub"),
-    "compare": (compare_command, "train flat, multitask and experts on the same splits and compare them"),
-    "augment-preview": (augment_preview_command, "show originals beside augmented versions"),
-    "quickstart": (quickstart_command, "run the whole pipeline on a small embedded data set (no download)"),
+    command.name: (command, help)
+    for command, help in (
+        (
+            Command(train_command, TRAINING_ARGUMENTS),
+            "fine-tune a checkpoint on an image folder, a metadata CSV or a data set",
+        ),
+        (
+            Command(predict_command, ("PredictArguments",)),
+            "classify images: a folder, a CSV or files in, a CSV of id and label out",
+        ),
+        (
+            Command(inspect_command, ("DataSourceArguments", "InspectArguments")),
+            "look at the data: counts, sizes, modes, unreadable files, duplicates, plots",
+        ),
+        (
+            Command(prepare_command, ("DataSourceArguments", "PrepareArguments")),
+            "decode every photo once into a pre-resized, cached Arrow copy (fast epochs)",
+        ),
+        (
+            Command(split_command, ("DataSourceArguments", "SplitArguments")),
+            "write leak-free stratified train / validation / test CSVs",
+        ),
+        (
+            Command(evaluate_command, ("DataSourceArguments", "EvaluateArguments")),
+            "metrics, confusion matrix, misclassified images and summary for a model",
+        ),
+        (
+            PushCommand(push_command, ("PushArguments",)),
+            "upload a trained model (weights, config, processor, card) to the Hub",
+        ),
+        (
+            Command(compare_command, (*TRAINING_ARGUMENTS, "CompareArguments")),
+            "train flat, multitask and experts on the same splits and compare them",
+        ),
+        (
+            Command(augment_preview_command, ("DataSourceArguments", "AugmentPreviewArguments")),
+            "show originals beside augmented versions",
+        ),
+        (
+            Command(quickstart_command, ("hf_classifier.quickstart.run.QuickstartArguments",)),
+            "run the whole pipeline on a small embedded data set (no download)",
+        ),
+    )
 }
 
 
@@ -338,7 +336,7 @@ def is_user_error(error: BaseException) -> bool:
     from hf_classifier.cli.arguments import OptionError
     from hf_classifier.data.checks import BadImagesError
     from hf_classifier.data.images import BadImageError
-    from hf_classifier.data.sources import DataSourceError
+    from hf_classifier.data.schema import DataSourceError
     from hf_classifier.hub.offline import HubUnavailableError
     from hf_classifier.hub.publish import PublishError
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hf_classifier.data.images import describe_source, find_bad_images
-from hf_classifier.data.sources import IMAGE, ImageData
+from hf_classifier.data.scan import scan_rows
+from hf_classifier.data.schema import ImageData
 from hf_classifier.io_utils import write_csv
 
 logger = logging.getLogger(__name__)
 
 BAD_IMAGES_FILE = "bad_images.csv"
-_CHUNK = 2048  # images held in memory at once (Hub data sets carry the bytes)
 
 
 class BadImagesError(RuntimeError):
@@ -21,17 +20,12 @@ class BadImagesError(RuntimeError):
 
 
 def find_bad_rows(data: ImageData, num_workers: int | None = None) -> list[tuple[str, int, str, str]]:
-    """`(split, row, image, reason)` for every unreadable image of every split."""
-    bad = []
-    for split_name, split in data.splits.items():
-        images = split.select_columns([IMAGE])
-        for start in range(0, len(images), _CHUNK):
-            chunk = images[start : start + _CHUNK][IMAGE]
-            for offset, reason in find_bad_images(
-                chunk, num_workers=num_workers, description=f"Checking {split_name} images"
-            ):
-                bad.append((split_name, start + offset, describe_source(chunk[offset]), reason))
-    return bad
+    """`(split, row, image, reason)` for every unusable image of every split."""
+    return [
+        (split, row, scan.path, scan.problem)
+        for split, row, scan in scan_rows(data, num_workers=num_workers)
+        if scan.problem
+    ]
 
 
 def drop_bad_images(

@@ -1,4 +1,4 @@
-"""One robust way to open an image as RGB, used by training, evaluation, predict and inspection.
+"""The one way to open an image as RGB, used by training, the image scan, evaluation and predict.
 
 Every PIL mode is converted deliberately (alpha composited on a background, 16-bit scaled, palette
 transparency honoured); the EXIF orientation is applied; multi-frame files give their first frame;
@@ -13,9 +13,9 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,7 +27,7 @@ BACKGROUND_RGB = (255, 255, 255)
 EXIF_ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-MAX_ASPECT_RATIO = 20  # longer side / shorter side beyond which an image is refused by the check
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class BadImageError(Exception):
@@ -50,14 +50,23 @@ def describe_source(source: ImageSource) -> str:
     return "<image bytes>"
 
 
+class ImageHeader(NamedTuple):
+    """What the file says about itself, before any conversion."""
+
+    format: str | None  # JPEG, PNG, ... (None for an image made in memory)
+    mode: str  # the file's PIL mode: CMYK, P, I;16, ...
+    orientation: int  # EXIF orientation (1: upright or none)
+
+
 class DecodedImage:
     """An RGB image and where it came from: with JPEG draft decoding, `image` is smaller than the
     photo, and `extent` is the photo's full area in `image`'s pixel coordinates (fractional).
+    `original_size` is the photo's (width, height) as displayed (after the EXIF orientation).
 
     Held as a PIL image, or as raw pixels (height x width x 3 uint8, e.g. a prepared copy): each form
     is made from the other only when asked for, so a tensor-only transform never builds a PIL image."""
 
-    __slots__ = ("_image", "_pixels", "original_size", "extent")
+    __slots__ = ("_image", "_pixels", "original_size", "extent", "header")
 
     def __init__(
         self,
@@ -65,11 +74,12 @@ class DecodedImage:
         original_size: tuple[int, int] | None = None,
         extent: tuple[float, float] | None = None,
         pixels: np.ndarray | None = None,
+        header: ImageHeader | None = None,
     ):
         """Without `original_size` / `extent`, the decode is the whole photo at full scale."""
         if image is None and pixels is None:
             raise ValueError("DecodedImage needs an image or its pixels")
-        self._image, self._pixels = image, pixels
+        self._image, self._pixels, self.header = image, pixels, header
         self.original_size = original_size or self.size
         self.extent = extent or (float(self.original_size[0]), float(self.original_size[1]))
 
@@ -99,27 +109,61 @@ class DecodedImage:
         return self.extent[0] / self.original_size[0]
 
 
-def decode_image(source: ImageSource, draft_size: tuple[int, int] | None = None) -> DecodedImage:
-    """`open_image`, at a reduced JPEG DCT scale that still covers `draft_size` (width, height) when
-    the photo is much larger, remembering the photo's original size so that sizes and crop boxes can
-    be computed on the photo and mapped onto the smaller decode (the output geometry is unchanged)."""
+def decode_image(
+    source: ImageSource,
+    draft_size: tuple[int, int] | None = None,
+    *,
+    exact_extent: bool = True,
+    background: tuple[int, int, int] = BACKGROUND_RGB,
+) -> DecodedImage:
+    """Open `source` as a loaded RGB image, upright according to its EXIF orientation, with its header.
+
+    `draft_size` (width, height) lets a JPEG decode at a reduced DCT scale (1/2 .. 1/8) that still
+    covers it: much faster when the target is far smaller than the photo. The photo's original size is
+    kept, so that sizes and crop boxes can be computed on the photo and mapped onto the smaller decode
+    (the output geometry is unchanged). A rotation would move the draft's padded edge, so a rotated
+    photo is decoded in full, unless `exact_extent=False` (callers that use the picture, not its
+    geometry: checks, hashes, thumbnails, stored copies).
+
+    Raises `BadImageError` (with the file and the reason) for anything that is not a usable image.
+    """
     raw_rgb = _raw_ppm(source)
     if raw_rgb is not None:
-        return DecodedImage(None, pixels=raw_rgb)
-    if draft_size is None or isinstance(source, Image.Image):
-        # A caller's PIL image is decoded already (and drafting would shrink the caller's object).
-        return DecodedImage(open_image(source))
+        return DecodedImage(None, pixels=raw_rgb, header=ImageHeader("PPM", "RGB", 1))
     with image_errors(source):
         raw = _open(source)
-        original, box = raw.size, None
-        if raw.format == "JPEG" and raw.getexif().get(EXIF_ORIENTATION_TAG, 1) in (0, 1):
-            # A rotation would move the draft's padded edge; rotated photos are decoded in full.
+        orientation = raw.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        header = ImageHeader(
+            raw.format, raw.mode, orientation if isinstance(orientation, int) and orientation else 1
+        )
+        transposed = header.orientation in _TRANSPOSING_ORIENTATIONS
+        upright_size = raw.size[::-1] if transposed else raw.size
+        box = None
+        # A caller's PIL image is decoded already (and drafting would shrink the caller's object).
+        if (
+            draft_size is not None
+            and raw.format == "JPEG"
+            and not isinstance(source, Image.Image)
+            and (header.orientation == 1 or not exact_extent)
+        ):
             drafted = raw.draft("RGB", draft_size)
             box = drafted[1] if drafted else None
-        image = to_rgb(_apply_exif_orientation(raw))
-    if box is None or image.size == original:
-        return DecodedImage(image)
-    return DecodedImage(image, original, (float(box[2]), float(box[3])))
+        image = to_rgb(_apply_exif_orientation(raw, header.orientation), background)
+    if box is None or image.size == upright_size:
+        return DecodedImage(image, header=header)
+    extent = (float(box[3]), float(box[2])) if transposed else (float(box[2]), float(box[3]))
+    return DecodedImage(image, upright_size, extent, header=header)
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    draft_size: tuple[int, int] | None = None,
+    background: tuple[int, int, int] = BACKGROUND_RGB,
+) -> Image.Image:
+    """`decode_image`'s picture alone, for callers that only show or hash it (any JPEG, rotated or
+    not, decodes at the draft scale that covers `draft_size`)."""
+    return decode_image(source, draft_size, exact_extent=False, background=background).image
 
 
 def _raw_ppm(source: ImageSource) -> np.ndarray | None:
@@ -138,26 +182,6 @@ def _raw_ppm(source: ImageSource) -> np.ndarray | None:
         )
     except ValueError:
         return None
-
-
-def open_image(
-    source: ImageSource,
-    *,
-    draft_size: tuple[int, int] | None = None,
-    background: tuple[int, int, int] = BACKGROUND_RGB,
-) -> Image.Image:
-    """Open `source` and return a loaded RGB image, upright according to its EXIF orientation.
-
-    `draft_size` lets JPEG decode at a reduced DCT scale (1/2 .. 1/8) that still covers the requested
-    (width, height): much faster when the target is far smaller than the photo.
-
-    Raises `BadImageError` (with the file and the reason) for anything that is not a usable image.
-    """
-    with image_errors(source):
-        image = _open(source)
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", draft_size)
-        return to_rgb(_apply_exif_orientation(image), background)
 
 
 @contextlib.contextmanager
@@ -215,9 +239,8 @@ def _open(source: ImageSource) -> Image.Image:
     return Image.open(source)
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+def _apply_exif_orientation(image: Image.Image, orientation: int) -> Image.Image:
     # exif_transpose copies the pixels even when there is nothing to do: only call it when needed.
-    orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     if orientation in (2, 3, 4, 5, 6, 7, 8):
         return ImageOps.exif_transpose(image)
     image.load()
@@ -303,54 +326,6 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
         return np.round(finite * 255.0).astype(np.uint8)
     span = high - low or 1.0
     return np.round((finite - low) / span * 255.0).astype(np.uint8)
-
-
-def check_image(source: ImageSource) -> str | None:
-    """Fully decode `source` (JPEG at the smallest DCT scale: every byte is still read) and return
-    the reason it is unusable, or None when it is fine."""
-    try:
-        width, height = open_image(source, draft_size=(1, 1)).size
-    except BadImageError as error:
-        return error.reason
-    return shape_problem(width, height)
-
-
-def shape_problem(width: int, height: int) -> str | None:
-    """Why an image of this size cannot be used for training, or None.
-
-    A 30,000 x 20 px strip takes seconds per image to resize to the model's square input, which
-    squashes it to a smear (or crops 1/1500 of it): a banner or a scan error, not a photo. Tiny images
-    (even 1 x 1) are accepted; `inspect` lists them."""
-    ratio = max(width, height) / min(width, height)
-    if ratio > MAX_ASPECT_RATIO:
-        return (
-            f"aspect ratio {ratio:.0f}:1 (limit {MAX_ASPECT_RATIO}:1): too elongated for a square model "
-            "input; crop it into photos or remove it"
-        )
-    return None
-
-
-def find_bad_images(
-    sources: Sequence[ImageSource],
-    *,
-    num_workers: int | None = None,
-    progress: bool = True,
-    description: str = "Checking images",
-) -> list[tuple[int, str]]:
-    """Check every image in parallel; return `(index, reason)` for each unusable one, in input order.
-
-    Threads suffice: Pillow releases the GIL while decoding.
-    """
-    if not sources:
-        return []
-    workers = num_workers or available_cpus()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons: Iterable[str | None] = pool.map(check_image, sources, chunksize=16)
-        if progress:
-            from tqdm.auto import tqdm
-
-            reasons = tqdm(reasons, total=len(sources), desc=description, unit="img", leave=False)
-        return [(index, reason) for index, reason in enumerate(reasons) if reason is not None]
 
 
 def available_cpus() -> int:

@@ -1,21 +1,19 @@
 """`hf-classifier inspect`: look at the data before training on it.
 
-One parallel pass reads every file once: content hash, header facts (format, mode, size, EXIF
-orientation), and a reduced decode (JPEG at 1/8 scale; every byte is still read, so truncation shows)
-that feeds the perceptual hash. Then: class and phylum counts, size statistics, odd files,
+One parallel pass (`data.scan`) reads every file once: content hash, header facts (format, mode, size,
+EXIF orientation), and a reduced decode (JPEG at 1/8 scale; every byte is still read, so truncation
+shows) that feeds the perceptual hash. Then: class counts (per parent label too), size statistics, odd files,
 unreadable files, exact / near duplicates and label conflicts, as `report.json`, PNG plots and
 contact sheets.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,78 +21,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hf_classifier.data.duplicates import (
-    DEFAULT_NEAR_THRESHOLD,
-    DuplicateGroups,
-    content_hash,
-    find_duplicates,
-    perceptual_hash,
-)
-from hf_classifier.data.images import (
-    EXIF_ORIENTATION_TAG,
-    BadImageError,
-    ImageSource,
-    available_cpus,
-    describe_source,
-    image_errors,
-    image_extensions,
-    open_image,
-    read_source_bytes,
-    relative_or_absolute,
-)
-from hf_classifier.data.sources import IMAGE, LABEL, ImageData
+from hf_classifier.data.duplicates import DEFAULT_NEAR_THRESHOLD, DuplicateGroups, find_duplicates
+from hf_classifier.data.images import ImageSource, image_extensions, open_image, relative_or_absolute
+from hf_classifier.data.scan import ImageScan, scan_rows
+from hf_classifier.data.schema import IMAGE, LABEL, ImageData
 from hf_classifier.evaluation.plots import bar_chart, color_map, histogram, image_grid, side_by_side
-from hf_classifier.hierarchy.levels import label_to_phylum
+from hf_classifier.hierarchy import DEFAULT_PARENT_COLUMN, plural
+from hf_classifier.hierarchy.levels import parent_labels
 from hf_classifier.io_utils import write_json, write_png
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 CLASSES_PER_SHEET = 40
-
-
-@dataclass
-class ImageFacts:
-    """What one pass over one file finds out."""
-
-    path: str
-    readable: bool = True
-    reason: str | None = None
-    format: str | None = None
-    mode: str | None = None
-    width: int | None = None  # as displayed, after the EXIF orientation
-    height: int | None = None
-    orientation: int = 1
-    content_hash: str | None = None
-    perceptual_hash: int | None = None
-
-
-def scan_image(source: ImageSource) -> ImageFacts:
-    facts = ImageFacts(path=describe_source(source))
-    try:
-        with image_errors(source):
-            data = read_source_bytes(source)
-            if not data:
-                return _unreadable(facts, "empty file (0 bytes)")
-            facts.content_hash = content_hash(data)
-            image = Image.open(io.BytesIO(data))
-            facts.format, facts.mode = image.format, image.mode
-            facts.orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            width, height = image.size
-            facts.width, facts.height = (
-                (height, width) if facts.orientation in (5, 6, 7, 8) else (width, height)
-            )
-        facts.perceptual_hash = perceptual_hash(open_image(image, draft_size=(64, 64)))
-    except BadImageError as error:
-        return _unreadable(facts, error.reason)
-    except Exception as error:  # noqa: BLE001 - a decoder's odd failure on one file must not end the scan
-        return _unreadable(facts, f"cannot be decoded ({error})")
-    return facts
-
-
-def _unreadable(facts: ImageFacts, reason: str) -> ImageFacts:
-    facts.readable, facts.reason = False, reason
-    return facts
 
 
 @dataclass
@@ -106,14 +45,11 @@ class InspectedData:
     rows: list[int]  # row within its split
     labels: list[str]
     paths: list[str]  # relative to the image root when below it; split/row for images held as bytes
-    facts: list[ImageFacts]
+    facts: list[ImageScan]
     duplicates: DuplicateGroups = field(repr=False)
 
     def source(self, index: int) -> ImageSource:
         return self.data.splits[self.splits[index]][self.rows[index]][IMAGE]
-
-
-_CHUNK = 1024  # rows held in memory at once (Hub data sets carry the image bytes)
 
 
 def scan_data(
@@ -123,26 +59,15 @@ def scan_data(
     num_workers: int | None = None,
     progress: bool = True,
 ) -> InspectedData:
-    """Scan every image of every split in parallel threads (decoding and hashing release the GIL)."""
-    from tqdm.auto import tqdm
-
-    splits, rows, labels, facts = [], [], [], []
-    total = sum(len(split) for split in data.splits.values())
-    with (
-        ThreadPoolExecutor(max_workers=num_workers or available_cpus()) as pool,
-        tqdm(total=total, desc="Inspecting images", unit="img", disable=not progress) as bar,
+    """Scan every image of every split once, with its hashes."""
+    splits, rows, facts = [], [], []
+    for split_name, row, scan in scan_rows(
+        data, hashes=True, num_workers=num_workers, progress=progress, description="Inspecting images"
     ):
-        for split_name, split in data.splits.items():
-            names = split.features[LABEL].names
-            columns = split.select_columns([IMAGE, LABEL])
-            for start in range(0, len(columns), _CHUNK):
-                batch = columns[start : start + _CHUNK]
-                for found in pool.map(scan_image, batch[IMAGE]):
-                    facts.append(found)
-                    bar.update()
-                labels.extend(names[i] for i in batch[LABEL])
-                splits.extend([split_name] * len(batch[LABEL]))
-                rows.extend(range(start, start + len(batch[LABEL])))
+        splits.append(split_name)
+        rows.append(row)
+        facts.append(scan)
+    labels = [name for split in data.splits.values() for name in split.features[LABEL].int2str(split[LABEL])]
     paths = [
         f"{split}/{row}" if f.path.startswith("<") else relative_or_absolute(f.path, data.image_root)
         for f, split, row in zip(facts, splits, rows, strict=True)
@@ -199,12 +124,16 @@ def build_report(
     tiny_size: int = 64,
     min_images_per_class: int = 10,
     near_threshold: int = DEFAULT_NEAR_THRESHOLD,
+    parent_column: str | None = None,
 ) -> dict[str, Any]:
+    """The figures of report.json; the counts per parent go under the parent's plural."""
     data, facts, paths, labels = inspected.data, inspected.facts, inspected.paths, inspected.labels
     counts = Counter(labels)
     for label in data.labels:
         counts.setdefault(label, 0)
-    phylum_of = label_to_phylum(data)
+    parents = parent_labels(data, parent_column)
+    parent_column = parents.column if parents else parent_column or DEFAULT_PARENT_COLUMN
+    by_parent = plural(parent_column)
     readable = [f for f in facts if f.readable]
     widths = [f.width for f in readable]
     heights = [f.height for f in readable]
@@ -233,7 +162,8 @@ def build_report(
             "too_small_to_learn": sorted(label for label, n in counts.items() if n < min_images_per_class),
             "min_images_per_class": min_images_per_class,
         },
-        "phyla": None,
+        "parent_column": parent_column,
+        by_parent: None,
         "sizes": {
             "width": _stats(widths),
             "height": _stats(heights),
@@ -274,24 +204,25 @@ def build_report(
             "redundant_images": sum(len(m) - 1 for m in groups),
         },
     }
-    if phylum_of:
-        per_phylum: dict[str, dict[str, int]] = defaultdict(dict)
+    if parents:
+        per_parent: dict[str, dict[str, int]] = defaultdict(dict)
         for label, count in counts.items():
-            per_phylum[phylum_of[label]][label] = count
-        report["phyla"] = {
-            "images": {p: sum(c.values()) for p, c in sorted(per_phylum.items())},
-            "classes": {p: len(c) for p, c in sorted(per_phylum.items())},
-            "label_to_phylum": phylum_of,
+            per_parent[parents.of[label]][label] = count
+        report[by_parent] = {
+            "images": {p: sum(c.values()) for p, c in sorted(per_parent.items())},
+            "classes": {p: len(c) for p, c in sorted(per_parent.items())},
+            f"label_to_{parent_column}": dict(parents.of),
         }
     return report
 
 
 def summary(report: dict[str, Any], output_dir: Path) -> str:
     classes, sizes, dup = report["classes"], report["sizes"], report["duplicates"]
+    by_parent = plural(report["parent_column"])
     counts = classes["counts"]
     lines = [
         f"Inspected {report['num_images']} images in {report['num_classes']} classes ({report['label_name']})"
-        + (f", {len(report['phyla']['images'])} phyla" if report["phyla"] else "")
+        + (f", {len(parents['images'])} {by_parent}" if (parents := report[by_parent]) else "")
         + "."
     ]
     if counts:
@@ -340,12 +271,14 @@ def summary(report: dict[str, Any], output_dir: Path) -> str:
 
 def class_distribution_plot(report: dict[str, Any]) -> Image.Image:
     counts = report["classes"]["counts"]
-    phyla = report["phyla"]
+    column = report["parent_column"]
+    parents = report[plural(column)]
     labels = list(counts)
-    if phyla:
-        colors_by_phylum = color_map(phyla["label_to_phylum"].values())
-        colors = [colors_by_phylum[phyla["label_to_phylum"][label]] for label in labels]
-        legend = colors_by_phylum
+    if parents:
+        parent_of = parents[f"label_to_{column}"]
+        colors_by_parent = color_map(parent_of.values())
+        colors = [colors_by_parent[parent_of[label]] for label in labels]
+        legend = colors_by_parent
     else:
         colors, legend = None, None
     return bar_chart(
@@ -358,7 +291,7 @@ def class_distribution_plot(report: dict[str, Any]) -> Image.Image:
     )
 
 
-def size_distribution_plot(facts: Sequence[ImageFacts]) -> Image.Image:
+def size_distribution_plot(facts: Sequence[ImageScan]) -> Image.Image:
     readable = [f for f in facts if f.readable]
     return side_by_side(
         [
@@ -413,6 +346,7 @@ def inspect(
     samples_per_class: int = 6,
     num_workers: int | None = None,
     seed: int = 0,
+    parent_column: str | None = None,
 ) -> dict[str, Any]:
     """Scan the data, write `report.json`, the plots and the contact sheets; return the report."""
     output_dir = Path(output_dir)
@@ -423,6 +357,7 @@ def inspect(
         tiny_size=tiny_size,
         min_images_per_class=min_images_per_class,
         near_threshold=near_threshold,
+        parent_column=parent_column,
     )
     pictures = {
         "class_distribution.png": class_distribution_plot(report),

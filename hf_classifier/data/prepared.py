@@ -30,22 +30,24 @@ from typing import Any
 from datasets import Dataset, Features, Value, concatenate_datasets
 from PIL import Image
 
-from hf_classifier.data.images import (
-    BadImageError,
-    available_cpus,
-    decode_image,
-    describe_source,
-    shape_problem,
-)
-from hf_classifier.data.sources import IMAGE, SOURCE_IMAGE, ImageData
+from hf_classifier.data.images import available_cpus
+from hf_classifier.data.scan import scan_image
+from hf_classifier.data.schema import IMAGE, SOURCE_IMAGE, ImageData
 from hf_classifier.io_utils import write_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: images only (other columns come from the source)
+# 2: images only (other columns come from the source); 3: images over the aspect-ratio limit are
+# recorded as unusable (a v2 entry stored them).
+FORMAT_VERSION = 3
 SHARD_SIZE = 1000
+IMAGES_PER_PROCESS = 32  # the fewest images a preparing process is started for
 MARGIN = 8 / 7  # 224 -> 256: the usual resize-then-crop ratio
 REASON = "_prepare_error"
+# A shard's files: data.arrow, or data_00000_of_00002.arrow, ... from parallel processes. Only these:
+# `datasets` writes its own cache files (cache-*.arrow: a split's indices, ...) beside the files a
+# dataset was read from, here by the runs that use the copies.
+SHARD_FILE_STEM = "data"
 
 
 def default_cache_dir() -> Path:
@@ -103,23 +105,14 @@ class _PrepareBatch:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images, reasons = [], []
         for source in batch[IMAGE]:
-            try:
-                decoded = decode_image(source, self.draft_size)
-                problem = shape_problem(*decoded.original_size)
-                if problem:
-                    raise BadImageError(describe_source(source), problem)
-                images.append(encode_ppm(resize_shorter_side(decoded.image, self.size)))
-                reasons.append("")
-            except BadImageError as error:
+            scan = scan_image(source, draft_size=self.draft_size, keep_image=True)
+            if scan.problem:
                 images.append(None)
-                reasons.append(f"{describe_source(source)}\t{error.reason}")
+                reasons.append(f"{scan.path}\t{scan.problem}")
+            else:
+                images.append(encode_ppm(resize_shorter_side(scan.image, self.size)))
+                reasons.append("")
         return {IMAGE: images, REASON: reasons}
-
-
-def _path_of(source: Any) -> str | None:
-    if isinstance(source, dict):
-        return source.get("path")
-    return source if isinstance(source, str) else None
 
 
 def split_fingerprint(split: Dataset) -> str:
@@ -139,6 +132,12 @@ def split_fingerprint(split: Dataset) -> str:
     return digest.hexdigest()
 
 
+def cache_entry(split: Dataset, size: int, cache_dir: Path) -> Path:
+    """The cache folder of `split` prepared at `size`; it holds info.json once complete."""
+    key = hashlib.sha256(f"{split_fingerprint(split)}|{size}|v{FORMAT_VERSION}".encode()).hexdigest()[:24]
+    return cache_dir / key
+
+
 def prepare_split(
     split: Dataset,
     size: int,
@@ -154,11 +153,10 @@ def prepare_split(
     The cache holds the images only: labels and the other columns always come from `split` itself, so
     a run with another label column (or corrected labels) on the same photos reuses the cache safely.
     Paths given in the `image` column stay available in `SOURCE_IMAGE`."""
-    key = hashlib.sha256(f"{split_fingerprint(split)}|{size}|v{FORMAT_VERSION}".encode()).hexdigest()[:24]
-    entry = cache_dir / key
+    entry = cache_entry(split, size, cache_dir)
     entry.mkdir(parents=True, exist_ok=True)
     shards = math.ceil(len(split) / shard_size) or 1
-    num_proc = max(1, min(num_proc or available_cpus(), shard_size))
+    num_proc = num_proc or available_cpus()
     features = Features({IMAGE: Value("binary"), REASON: Value("string")})
     done = sum((entry / f"shard-{i:05d}").is_dir() for i in range(shards))
     if done < shards:
@@ -176,6 +174,8 @@ def prepare_split(
             continue
         rows = range(index * shard_size, min(len(split), (index + 1) * shard_size))
         part = split.select_columns([IMAGE]).select(rows)
+        # Starting a process costs about as much as decoding a few dozen photos.
+        processes = min(num_proc, len(part) // IMAGES_PER_PROCESS)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=entry))
         try:
             # map writes its Arrow files straight into the staging folder, which then appears whole.
@@ -184,8 +184,8 @@ def prepare_split(
                 batched=True,
                 batch_size=16,
                 features=features,
-                num_proc=num_proc if num_proc > 1 and len(part) >= 2 * num_proc else None,
-                cache_file_name=str(staging / "data.arrow"),
+                num_proc=processes if processes > 1 else None,
+                cache_file_name=str(staging / f"{SHARD_FILE_STEM}.arrow"),
                 load_from_cache_file=False,
                 desc=f"{description} ({index + 1}/{shards})",
             )
@@ -202,7 +202,11 @@ def prepare_split(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     write_json(entry / "info.json", {"size": size, "rows": len(split), "version": FORMAT_VERSION})
-    files = [str(path) for i in range(shards) for path in sorted((entry / f"shard-{i:05d}").glob("*.arrow"))]
+    files = [
+        str(path)
+        for i in range(shards)
+        for path in sorted((entry / f"shard-{i:05d}").glob(f"{SHARD_FILE_STEM}*.arrow"))
+    ]
     stored = concatenate_datasets([Dataset.from_file(path) for path in files])
     bad = []
     for row, reason in enumerate(stored[REASON]):
@@ -233,3 +237,56 @@ def prepare_data(
         bad.extend((name, row, path, reason) for row, path, reason in failures)
     data.source = {**data.source, "prepared_size": size}
     return data, bad
+
+
+# `train --prepare auto`: prepare when the photos are read more than once (every later pass then reads
+# the small copies instead of decoding the photos again) and the copies fit the cache's disk with room
+# to spare.
+FREE_SPACE_FACTOR = 2
+PHOTO_ASPECT = 4 / 3  # a 4:3 photo's copy holds size x 4/3 size pixels
+
+
+def estimated_prepared_bytes(num_images: int, size: int) -> int:
+    """What the prepared copies of `num_images` photos at shorter side `size` take on disk (raw RGB)."""
+    return math.ceil(num_images * size * size * PHOTO_ASPECT * 3)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds `folder`, or will hold it (its nearest existing parent)."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), Path.cwd())
+    return shutil.disk_usage(existing).free
+
+
+def _readable_size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{max(count / 1e6, 0.1):.1f} MB"
+
+
+def auto_prepare_choice(
+    data: ImageData, size: int, epochs: float, cache_dir: str | Path | None
+) -> tuple[bool, str]:
+    """Whether `--prepare auto` prepares the photos at `size`, and the log line that says why.
+
+    `epochs` is how many times training reads the training images (from --num_train_epochs, or from
+    --max_steps). Copies already in the cache are always used: reading them costs less than the check,
+    and every process of a distributed run then decides alike (the first one prepares, the others
+    find its copies, whatever space is left)."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    if all((cache_entry(split, size, folder) / "info.json").is_file() for split in data.splits.values()):
+        return True, f"Using the prepared copies of the photos in {folder}: --prepare false reads the photos."
+    if epochs <= 1:
+        return False, (
+            f"Not preparing the photos: training reads them once at most ({epochs:.3g} epoch); --prepare "
+            "true prepares them anyway."
+        )
+    num_images = sum(len(split) for split in data.splits.values())  # every split is prepared
+    needed, free = estimated_prepared_bytes(num_images, size), free_bytes(folder)
+    if free < FREE_SPACE_FACTOR * needed:
+        return False, (
+            f"Not preparing the photos: their copies (~{_readable_size(needed)}) need twice that free in "
+            f"{folder}, which has {_readable_size(free)}; --prepared_cache_dir on a larger disk prepares "
+            "them there."
+        )
+    return True, (
+        f"Preparing the photos once ({epochs:.3g} epochs, ~{_readable_size(needed)} of "
+        f"{_readable_size(free)} free in {folder}): --prepare false reads them each epoch instead."
+    )

@@ -2,7 +2,7 @@
 
 Every split has an `image` column (a path, or a `{"bytes", "path"}` record for Hub data) that the
 on-the-fly transform opens, a `label` column (`ClassLabel`, the same names in every split) and the
-source's own columns (phylum, rare_species_id, file_path, ...), kept for splits, reports and predict.
+source's own columns (rare_species_id, file_path, a coarser label, ...), kept for splits, reports and predict.
 
 Local folders are scanned here rather than with `load_dataset("imagefolder")`: imagefolder drops
 files without an image extension silently and rejects a metadata.csv that has `file_path` instead
@@ -11,87 +11,39 @@ of `file_name` (the Rare Species layout).
 
 from __future__ import annotations
 
-import codecs
-import csv
-import dataclasses
-import difflib
-import io
 import json
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets
 
-from hf_classifier.data.images import image_extensions, is_heif, is_image_file
-from hf_classifier.hub.offline import (
-    HubUnavailableError,
-    cache_only,
-    is_local_path,
-    unavailable_message,
-    use_local_files_only,
+from hf_classifier.data.resolve import (
+    image_files_below,
+    load_dataset_splits,
+    no_such_column,
+    read_csv_table,
+    read_image_table,
+    resolve_image_column,
+    resolve_path,
+    warn_ignored,
+)
+from hf_classifier.data.schema import (
+    FILE_PATH,
+    IMAGE,
+    LABEL,
+    SOURCE_INDEX,
+    SOURCE_SPLIT,
+    SPLIT_NAMES,
+    SPLIT_ORDER,
+    DataSourceError,
+    ImageData,
 )
 
 logger = logging.getLogger(__name__)
 
-IMAGE = "image"
-LABEL = "label"
-FILE_PATH = "file_path"
-SOURCE_IMAGE = "source_image"  # with --prepare: the path the prepared image came from
-ID_COLUMN_CANDIDATES = ("rare_species_id", "id", "image_id")
-IMAGE_COLUMN_CANDIDATES = ("file_path", "file_name", "filepath", "filename", "image", "path", "image_path")
 METADATA_FILE = "metadata.csv"
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "val": "validation",
-    "valid": "validation",
-    "dev": "validation",
-    "test": "test",
-    "testing": "test",
-}
-SPLIT_ORDER = ("train", "validation", "test")
 SOURCE_FILE = "source.json"
-# Hub / save_to_disk rows are identified by their position in their source split.
-SOURCE_SPLIT = "source_split"
-SOURCE_INDEX = "source_index"
-
-
-class DataSourceError(ValueError):
-    """The data source is missing, malformed or ambiguous; the message says how to fix it."""
-
-
-@dataclass
-class ImageData:
-    """A classification data set: its splits, what the labels are called, and where files live."""
-
-    splits: DatasetDict
-    label_name: str = LABEL
-    image_root: Path | None = None
-    # The source's own columns, in order: what split CSVs are written with.
-    source_columns: list[str] = field(default_factory=list)
-    source: dict = field(default_factory=dict)
-    skipped_images: int = 0  # unreadable images left out (listed in bad_images.csv)
-
-    @property
-    def labels(self) -> list[str]:
-        first = next(iter(self.splits.values()))
-        return list(first.features[LABEL].names)
-
-    def only(self, split: str) -> ImageData:
-        """The same data set with one of its splits."""
-        return dataclasses.replace(self, splits=type(self.splits)({split: self.splits[split]}))
-
-    def describe(self) -> str:
-        sizes = ", ".join(
-            f"{name}={len(split) if hasattr(split, '__len__') else 'streamed'}"
-            for name, split in self.splits.items()
-        )
-        return f"{len(self.labels)} classes ({self.label_name}); {sizes}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +131,7 @@ def from_image_folder(
         )
 
     files_by_split, ignored = scan_image_folder(root)
-    _warn_ignored(root, ignored)
+    warn_ignored(root, ignored)
     splits = {}
     all_labels = sorted({label for files in files_by_split.values() for _, label in files})
     if not all_labels:
@@ -243,61 +195,11 @@ def scan_image_folder(root: Path) -> tuple[dict[str, list[tuple[str, str]]], lis
     return result, ignored
 
 
-def image_files_below(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) below `folder`, recursively, sorted by path; hidden entries skipped."""
-    extensions = image_extensions()
-    images, skipped = [], []
-    visited = {os.path.realpath(folder)}
-
-    def unreadable(error: OSError) -> None:
-        # os.walk would pass over a folder it cannot list without a word.
-        raise DataSourceError(f"Cannot list {error.filename}: {error.strerror}; check its permissions.")
-
-    # Linked folders are followed (data often lives elsewhere), each real folder once: a link back up
-    # the tree would otherwise loop until the path is too long.
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
-        kept = []
-        for name in dirnames:
-            real = os.path.realpath(os.path.join(dirpath, name))
-            if name.startswith("."):
-                continue
-            if real in visited:
-                logger.warning(
-                    "%s links to a folder already read (%s); not read twice.", Path(dirpath, name), real
-                )
-                continue
-            visited.add(real)
-            kept.append(name)
-        dirnames[:] = kept
-        for filename in filenames:
-            if filename.startswith("."):
-                continue
-            path = Path(dirpath) / filename
-            # HEIC photos count as images even without pillow-heif: the check then names the fix.
-            if path.suffix.lower() in extensions or is_image_file(path) or is_heif(path):
-                images.append(path)
-            else:
-                skipped.append(path)
-    return sorted(images), sorted(skipped)
-
-
-def _warn_ignored(root: Path, ignored: list[str]) -> None:
-    if ignored:
-        examples = ", ".join(ignored[:5])
-        logger.warning(
-            "Ignored %d file(s) in %s that are not images: %s%s",
-            len(ignored),
-            root,
-            examples,
-            " ..." if len(ignored) > 5 else "",
-        )
-
-
 def _from_folder_with_metadata(
     root: Path, metadata: Path, *, image_column: str | None, label_column: str | None
 ) -> ImageData:
-    table = read_csv_table(metadata)
-    image_column = resolve_image_column(table, image_column, metadata)
+    listing = read_image_table(metadata, image_column=image_column)
+    table, image_column = listing.columns, listing.image_column
     if label_column is None:
         # The class is the folder each listed file sits in (chordata_ardeidae/xyz.jpg -> chordata_ardeidae).
         label_column = LABEL
@@ -358,88 +260,10 @@ def from_metadata_csv(
     Every other column is kept. A `split` column (train/validation/test) or paths that start with a
     split folder pre-split the data.
     """
-    csv_path = Path(csv_path)
-    table = read_csv_table(csv_path)
-    image_column = resolve_image_column(table, image_column, csv_path)
-    label_column = _resolve_label_column(table, label_column, csv_path)
-    root = Path(image_root) if image_root else csv_path.parent
-    if not root.is_dir():
-        raise DataSourceError(f"--image_root {root} is not a folder.")
-    return _from_table(table, csv_path, root, image_column, label_column, list(table))
-
-
-def read_csv_table(path: Path) -> dict[str, list[str]]:
-    """Read a CSV/TSV as columns of strings (ids keep their exact text)."""
-    if not path.is_file():
-        raise DataSourceError(f"{path} does not exist.")
-    try:
-        raw = path.read_bytes()
-    except PermissionError as error:
-        raise DataSourceError(f"{path} cannot be read (permission denied); check its permissions.") from error
-    with io.StringIO(_decode_csv(raw, path), newline="") as handle:
-        sample = handle.read(8192)
-        handle.seek(0)
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(sample)
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise DataSourceError(f"{path} is empty: expected a header row and one row per image.")
-        header = [name.strip() for name in reader.fieldnames]
-        duplicates = [name for name, count in Counter(header).items() if count > 1]
-        if duplicates:
-            raise DataSourceError(f"{path} has duplicate column names: {', '.join(duplicates)}")
-        table: dict[str, list[str]] = {name: [] for name in header}
-        for row in reader:
-            for raw_name, name in zip(reader.fieldnames, header, strict=True):
-                table[name].append((row.get(raw_name) or "").strip())
-    if not next(iter(table.values())):
-        raise DataSourceError(f"{path} has a header but no rows.")
-    return table
-
-
-def _decode_csv(raw: bytes, path: Path) -> str:
-    """UTF-8 (with or without a BOM) or UTF-16 with its BOM (Excel's "Unicode text"); anything else
-    is refused with the line of the first bad byte rather than guessed (a wrong guess changes labels)."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataSourceError(
-            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}). Save it as UTF-8 "
-            f"(Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv."
-        ) from error
-
-
-def _sniff_delimiter(sample: str) -> str:
-    try:
-        return csv.Sniffer().sniff(sample.splitlines()[0] if sample else "", delimiters=",;\t|").delimiter
-    except csv.Error:
-        return ","
-
-
-def no_such_column(where: object, column: str, flag: str, columns: Iterable[str]) -> DataSourceError:
-    """The error for a column name that is not there: the columns that are, and the closest one."""
-    columns = list(columns)
-    by_case = {name.casefold(): name for name in columns}
-    closest = [by_case[column.casefold()]] if column.casefold() in by_case else []
-    closest = closest or difflib.get_close_matches(column, columns, n=1, cutoff=0.6)
-    hint = f" Did you mean {flag} {closest[0]}?" if closest else ""
-    return DataSourceError(f"{where} has no column {column!r} ({flag}).{hint} Columns: {', '.join(columns)}.")
-
-
-def resolve_image_column(table: dict[str, list[str]], image_column: str | None, where: Path) -> str:
-    if image_column:
-        if image_column not in table:
-            raise no_such_column(where, image_column, "--image_column", table)
-        return image_column
-    for candidate in IMAGE_COLUMN_CANDIDATES:
-        if candidate in table:
-            return candidate
-    raise DataSourceError(
-        f"{where} has no image path column (looked for {', '.join(IMAGE_COLUMN_CANDIDATES)}). "
-        f"Columns: {', '.join(table)}. Name it with --image_column."
-    )
+    listing = read_image_table(csv_path, image_root=image_root, image_column=image_column)
+    table, where = listing.columns, listing.where
+    label_column = _resolve_label_column(table, label_column, where)
+    return _from_table(table, where, listing.root, listing.image_column, label_column, list(table))
 
 
 def _resolve_label_column(table: dict[str, list[str]], label_column: str | None, where: Path) -> str:
@@ -491,7 +315,7 @@ def _from_table(
         if not rows:
             continue
         columns = {name: [values[i] for i in rows] for name, values in table.items()}
-        columns[IMAGE] = [str(_resolve_path(root, table[image_column][i])) for i in rows]
+        columns[IMAGE] = [str(resolve_path(root, table[image_column][i])) for i in rows]
         columns[LABEL] = [table[label_column][i] for i in rows]
         splits[split] = _make_dataset(columns, LABEL, all_labels)
     return ImageData(
@@ -585,11 +409,6 @@ def _split_assignment(table: dict[str, list[str]], image_column: str, where: Pat
     ]
 
 
-def _resolve_path(root: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else root / path
-
-
 def _lines(rows: list[int]) -> str:
     return ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
@@ -609,36 +428,17 @@ def from_dataset(
     token: str | None = None,
 ) -> ImageData:
     """A Hub data set id, a `save_to_disk` folder, or a local folder of data files."""
-    from datasets import load_dataset, load_from_disk
-
-    path = Path(name)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = load_from_disk(str(path))
-    else:
-        remote = not is_local_path(name)
-        local_only = remote and use_local_files_only(name)
-        try:
-            with cache_only(local_only):
-                loaded = load_dataset(name, config_name, cache_dir=cache_dir, token=token)
-        except ConnectionError as error:
-            if remote:
-                raise HubUnavailableError(unavailable_message("dataset", name, error)) from error
-            raise
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({"train": loaded})
-    splits = {}
-    for split_name, split in loaded.items():
-        canonical = SPLIT_NAMES.get(split_name.lower())
-        if canonical is None:
-            logger.warning("Split %r of %s is not train/validation/test and is not used.", split_name, name)
-            continue
-        splits[canonical] = split
+    splits = load_dataset_splits(name, config_name, cache_dir=cache_dir, token=token)
     if "train" not in splits:
-        raise DataSourceError(f"{name} has no train split (splits: {', '.join(loaded)}).")
+        raise DataSourceError(f"{name} has no train split (splits: {', '.join(splits) or 'none'}).")
 
     features = splits["train"].features
-    image_column = image_column or (IMAGE if IMAGE in features else _first_image_column(features, name))
-    label_column = label_column or (LABEL if LABEL in features else _first_class_label_column(features, name))
+    image_column = image_column or (
+        IMAGE if IMAGE in features else _first_column(features, Image, name, "image", "--image_column")
+    )
+    label_column = label_column or (
+        LABEL if LABEL in features else _first_column(features, ClassLabel, name, "'label'", "--label_column")
+    )
     for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
         if column not in features:
             raise no_such_column(name, column, flag, features)
@@ -663,24 +463,14 @@ def from_dataset(
     )
 
 
-def _first_image_column(features: Features, name: str) -> str:
-    from datasets import Image
-
-    for column, feature in features.items():
-        if isinstance(feature, Image):
-            return column
-    raise DataSourceError(
-        f"{name} has no image column; name it with --image_column. Columns: {', '.join(features)}."
-    )
-
-
-def _first_class_label_column(features: Features, name: str) -> str:
-    for column, feature in features.items():
-        if isinstance(feature, ClassLabel):
-            return column
-    raise DataSourceError(
-        f"{name} has no 'label' column; name it with --label_column. Columns: {', '.join(features)}."
-    )
+def _first_column(features: Features, kind: type, name: str, what: str, flag: str) -> str:
+    """The first column whose feature is a `kind` (the images, the class labels), or the error."""
+    found = next((column for column, feature in features.items() if isinstance(feature, kind)), None)
+    if found is None:
+        raise DataSourceError(
+            f"{name} has no {what} column; name it with {flag}. Columns: {', '.join(features)}."
+        )
+    return found
 
 
 def _label_names(splits: dict[str, Dataset], label_column: str) -> list[str]:
@@ -698,15 +488,13 @@ def _label_names(splits: dict[str, Dataset], label_column: str) -> list[str]:
 def _normalise_dataset(
     split: Dataset, image_column: str, label_column: str, all_labels: list[str], image_root: str | None
 ) -> Dataset:
-    from datasets import Image
-
     feature = split.features[image_column]
     if isinstance(feature, Image):
         # Decode with our own robust open, not datasets' plain PIL decode.
         split = split.cast_column(image_column, Image(decode=False))
     elif image_root:
         split = split.map(
-            lambda value: {image_column: str(_resolve_path(Path(image_root), value))},
+            lambda value: {image_column: str(resolve_path(Path(image_root), value))},
             input_columns=image_column,
         )
     label_feature = split.features[label_column]
@@ -815,8 +603,6 @@ def _select_dataset_rows(
                 int(i) for i, s in zip(table["index"], table[SOURCE_SPLIT], strict=True) if s == source_split
             ]
             parts.append(data.splits[source_split].select(indices))
-        from datasets import concatenate_datasets
-
         splits[split] = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     data.splits = _ordered(splits)
     return data
@@ -834,13 +620,3 @@ def _make_dataset(columns: dict[str, list], label_column: str, label_names: list
 
 def _ordered(splits: dict[str, Dataset]) -> DatasetDict:
     return DatasetDict({name: splits[name] for name in SPLIT_ORDER if name in splits})
-
-
-def class_counts(dataset: Dataset) -> Counter:
-    names = dataset.features[LABEL].names
-    return Counter(names[i] for i in dataset[LABEL])
-
-
-def find_id_column(columns: Iterable[str]) -> str | None:
-    columns = list(columns)
-    return next((c for c in ID_COLUMN_CANDIDATES if c in columns), None)

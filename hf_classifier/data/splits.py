@@ -14,15 +14,8 @@ from datasets import ClassLabel, Dataset, concatenate_datasets
 
 from hf_classifier.data.checks import BAD_IMAGES_FILE
 from hf_classifier.data.duplicates import DEFAULT_NEAR_THRESHOLD
-from hf_classifier.data.sources import (
-    IMAGE,
-    LABEL,
-    SOURCE_FILE,
-    SOURCE_IMAGE,
-    SOURCE_INDEX,
-    SOURCE_SPLIT,
-    ImageData,
-)
+from hf_classifier.data.schema import IMAGE, LABEL, SOURCE_IMAGE, SOURCE_INDEX, SOURCE_SPLIT, ImageData
+from hf_classifier.data.sources import SOURCE_FILE
 from hf_classifier.io_utils import write_csv, write_json
 
 logger = logging.getLogger(__name__)

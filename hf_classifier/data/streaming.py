@@ -29,43 +29,21 @@ from typing import Any
 
 import torch
 
-from hf_classifier.data.images import BadImageError, check_image
+from hf_classifier.data.images import BadImageError
+from hf_classifier.data.resolve import find_shards, load_dataset_splits
 from hf_classifier.data.sampling import derived_seed
-from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL, SPLIT_NAMES, DataSourceError, ImageData
-from hf_classifier.hub.offline import (
-    HubUnavailableError,
-    is_local_path,
-    unavailable_message,
-    use_local_files_only,
-)
+from hf_classifier.data.scan import check_image
+from hf_classifier.data.schema import FILE_PATH, IMAGE, LABEL, DataSourceError, ImageData
+from hf_classifier.hub.offline import is_local_path
 from hf_classifier.io_utils import write_text
 from hf_classifier.transforms.pipeline import transform_source
 
 logger = logging.getLogger(__name__)
 
-SHARD_SUFFIX = ".tar"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")  # sample keys of WebDataset images
 IMAGE_KEYS = (*IMAGE_EXTENSIONS, "image", "img")
 LABEL_KEYS = ("cls", "label", "txt")
 CLASS_FILES = ("classes.txt", "class_names.txt")
-
-
-def find_shards(folder: Path) -> dict[str, list[str]]:
-    """WebDataset shards by split: `SPLIT-*.tar`, `SPLIT_*.tar`, `SPLIT.tar` or `SPLIT/*.tar`."""
-    found: dict[str, list[str]] = {}
-    for path in sorted(folder.rglob(f"*{SHARD_SUFFIX}")):
-        relative = path.relative_to(folder)
-        name = relative.parts[0] if len(relative.parts) > 1 else path.stem
-        for separator in ("-", "_", "."):
-            name = name.split(separator)[0]
-        split = SPLIT_NAMES.get(name.lower())
-        if split is None:
-            raise DataSourceError(
-                f"{path}: cannot tell which split this shard belongs to. Name shards train-00000.tar, "
-                "validation-00000.tar (and test-...), or put them in train/ and validation/ folders."
-            )
-        found.setdefault(split, []).append(str(path))
-    return found
 
 
 def read_class_names(given: str | None, folder: Path | None) -> list[str] | None:
@@ -188,20 +166,9 @@ def _open_stream(data_args: Any, cache_dir: str | None, token: str | None) -> tu
     name = data_args.dataset_name
     if name is None:
         raise DataSourceError("--streaming needs --data_dir (WebDataset shards) or --dataset_name (Hub).")
-    if not is_local_path(name) and use_local_files_only(name):
-        raise HubUnavailableError(
-            unavailable_message("dataset", name) + " Streaming reads from the Hub as it goes."
-        )
-    try:
-        streams = load_dataset(
-            name, data_args.dataset_config_name, streaming=True, cache_dir=cache_dir, token=token
-        )
-    except ConnectionError as error:
-        raise HubUnavailableError(unavailable_message("dataset", name, error)) from error
-    canonical = {}
-    for split_name, stream in streams.items():
-        if SPLIT_NAMES.get(split_name.lower()):
-            canonical[SPLIT_NAMES[split_name.lower()]] = stream
+    canonical = load_dataset_splits(
+        name, data_args.dataset_config_name, streaming=True, cache_dir=cache_dir, token=token
+    )
     source = {"kind": "dataset", "dataset_name": name, "dataset_config_name": data_args.dataset_config_name}
     return canonical, Path(name) if is_local_path(name) else None, source
 
@@ -347,16 +314,19 @@ def _samples(stream: Any, limit: int | None, skip_bad: bool) -> Iterator[dict[st
             continue
         reason = "the sample has no image" if sample[IMAGE] is None else check_image(sample[IMAGE])
         if reason:
-            if not skip_bad:
-                raise DataSourceError(
-                    f"{sample[FILE_PATH]}: {reason}. Remove it from the shard, or pass --skip_bad_images."
-                )
-            logger.warning("Skipping unreadable image %s: %s", sample[FILE_PATH], reason)
+            _stop_or_skip(sample[FILE_PATH], reason, skip_bad)
             continue
         kept += 1
         yield sample
     if unlabelled:
         logger.warning("%d sample(s) without a label were left out of the stored split.", unlabelled)
+
+
+def _stop_or_skip(where: str, reason: str, skip_bad: bool) -> None:
+    """An unusable sample stops the run (naming it and the fix), or with `skip_bad` is skipped, logged."""
+    if not skip_bad:
+        raise DataSourceError(f"{where}: {reason}. Remove it from the shard, or pass --skip_bad_images.")
+    logger.warning("Skipping unreadable image %s: %s", where, reason)
 
 
 class StreamTransform:
@@ -402,14 +372,10 @@ class StreamTransform:
                     raise BadImageError(where, "the sample has no label")
                 pixels.append(transform_source(self.image_transform, source, self._generator()))
             except BadImageError as error:
-                if not self.skip_bad:
-                    raise DataSourceError(
-                        f"{where}: {error.reason}. Remove it from the shard, or pass --skip_bad_images."
-                    ) from error
                 if where in self.recorded:
                     continue
+                _stop_or_skip(where, error.reason, self.skip_bad)
                 self.recorded.add(where)
-                logger.warning("Skipping unreadable image %s: %s", where, error.reason)
                 if self.record:
                     os.makedirs(os.path.dirname(self.record) or ".", exist_ok=True)
                     with open(self.record, "a", encoding="utf-8") as handle:  # one short append per image

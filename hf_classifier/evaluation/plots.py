@@ -215,7 +215,7 @@ def heatmap(
 ) -> Image.Image:
     """A square matrix of rates in [0, 1] (rows: true, columns: predicted) as a white-to-dark-blue heat map
     (square-root scale) with labels;
-    `group_of` draws separators and a coloured band per group (e.g. phylum)."""
+    `group_of` draws separators and a coloured band per group (e.g. parent label)."""
     n = len(labels)
     cell = cell or max(4, min(28, 1400 // max(n, 1)))
     show_labels = cell >= 9

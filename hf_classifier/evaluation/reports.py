@@ -1,7 +1,7 @@
 """`hf-classifier evaluate`: metrics on every image the data lists, error analysis, pictures.
 
 Outputs (OUTPUT_DIR): metrics.json, classification_report.csv, predictions.csv, confusion_matrix.png
-(row-normalised, ordered by phylum, with the most frequent confusions), misclassified.png (the most
+(row-normalised, ordered by parent label when there is one, with the most frequent confusions), misclassified.png (the most
 confident mistakes first), summary.md, and bad_images.csv when some images could not be read.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,22 @@ from datasets import Value
 from PIL import Image, ImageDraw
 
 from hf_classifier.data.images import ImageSource, open_image, relative_or_absolute
-from hf_classifier.data.sources import FILE_PATH, IMAGE, LABEL, DataSourceError, ImageData, find_id_column
-from hf_classifier.evaluation.inference import load_predictor
-from hf_classifier.evaluation.metrics import TOP_K, classification_metrics, load_metric
+from hf_classifier.data.resolve import find_id_column
+from hf_classifier.data.schema import FILE_PATH, IMAGE, LABEL, DataSourceError, ImageData
+from hf_classifier.evaluation.inference import InferenceOptions, classify, load_predictor
+from hf_classifier.evaluation.metrics import (
+    PER_CLASS,
+    TOP_K,
+    accuracy,
+    class_counts,
+    classification_metrics,
+    macro_average,
+    macro_f1,
+    weakest_classes,
+)
 from hf_classifier.evaluation.plots import INK, font, heatmap, image_grid, side_by_side
-from hf_classifier.evaluation.predictions import classify
-from hf_classifier.hierarchy.levels import label_to_phylum
+from hf_classifier.hierarchy import ParentLabels
+from hf_classifier.hierarchy.levels import parent_labels
 from hf_classifier.hub.card import md_cell
 from hf_classifier.io_utils import write_csv, write_json, write_png, write_text
 from hf_classifier.training.distributed import is_main_process
@@ -31,6 +42,7 @@ from hf_classifier.training.distributed import is_main_process
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+EVALUATION_OPTIONS = InferenceOptions(batch_size=64, progress=True)
 TOP_CONFUSIONS = 20
 
 
@@ -38,31 +50,29 @@ def classification_report(
     y_true: np.ndarray,
     probabilities: np.ndarray,
     labels: Sequence[str],
-    phylum_of: dict[str, str] | None = None,
+    parents: ParentLabels | None = None,
 ) -> dict[str, Any]:
-    """The figures of `metrics.json` for true label indices and predicted probabilities (rows: images)."""
+    """The figures of `metrics.json` for true label indices and predicted probabilities (rows: images);
+    with `parents`, the same at the parent level, under the parent column's name."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = probabilities.argmax(axis=1)
-    compute = {"predictions": y_pred, "references": y_true}
+    counts = class_counts(y_pred, y_true, len(labels))
+    per_class_values = {name: score(counts) for name, score in PER_CLASS.items()}
     report: dict[str, Any] = {
         "num_images": int(len(y_true)),
         **classification_metrics(probabilities, y_true),  # the figures training reports, and top-5
-        "precision_macro": load_metric("precision").compute(**compute, average="macro")["precision"],
-        "recall_macro": load_metric("recall").compute(**compute, average="macro")["recall"],
+        # Averaged over the classes that occur, as f1_macro is.
+        "precision_macro": float(macro_average(per_class_values["precision"], counts)),
+        "recall_macro": float(macro_average(per_class_values["recall"], counts)),
     }
-    every = list(range(len(labels)))
-    per_class_values = {
-        name: load_metric(name).compute(**compute, average=None, labels=every)[name]
-        for name in ("precision", "recall", "f1")
-    }
-    support = np.bincount(y_true, minlength=len(labels))
+    support = counts.support.astype(int)
     report["per_class"] = {
         label: {
-            "precision": per_class_values["precision"][i],
-            "recall": per_class_values["recall"][i],
-            "f1": per_class_values["f1"][i],
+            "precision": float(per_class_values["precision"][i]),
+            "recall": float(per_class_values["recall"][i]),
+            "f1": float(per_class_values["f1"][i]),
             "support": int(support[i]),
-            **({"phylum": phylum_of.get(label)} if phylum_of else {}),
+            **({parents.column: parents.of.get(label)} if parents else {}),
         }
         for i, label in enumerate(labels)
     }
@@ -72,17 +82,16 @@ def classification_report(
         {"true": labels[t], "predicted": labels[p], "count": n, "share_of_true_class": n / max(1, support[t])}
         for (t, p), n in confusions.most_common(TOP_CONFUSIONS)
     ]
-    if phylum_of:
-        phyla = sorted(set(phylum_of.values()))
-        to_phylum = np.array([phyla.index(phylum_of[label]) for label in labels])
-        true_phylum, pred_phylum = to_phylum[y_true], to_phylum[y_pred]
-        phylum_compute = {"predictions": pred_phylum, "references": true_phylum}
-        report["phylum"] = {
-            "accuracy": load_metric("accuracy").compute(**phylum_compute)["accuracy"],
-            "f1_macro": load_metric("f1").compute(**phylum_compute, average="macro")["f1"],
+    if parents:
+        to_parent = np.array(parents.indices(labels))
+        true_parent, pred_parent = to_parent[y_true], to_parent[y_pred]
+        report["parent_column"] = parents.column  # which key below holds the parent-level figures
+        report[parents.column] = {
+            "accuracy": accuracy(pred_parent, true_parent),
+            "f1_macro": float(macro_f1(true_parent, pred_parent, int(to_parent.max()) + 1)[0]),
         }
-        crossing = int(np.sum(errors & (true_phylum != pred_phylum)))
-        report["cross_phylum_errors"] = {
+        crossing = int(np.sum(errors & (true_parent != pred_parent)))
+        report[f"cross_{parents.column}_errors"] = {
             "count": crossing,
             "share_of_errors": crossing / max(1, int(errors.sum())),
             "rate": crossing / max(1, len(y_true)),
@@ -130,32 +139,21 @@ def evaluate_model(
     model: str | Path,
     data: ImageData,
     output_dir: str | Path,
+    options: InferenceOptions | None = None,
     *,
-    tta: str = "none",
-    batch_size: int = 64,
-    device: str = "auto",
-    num_workers: int = 0,
     max_misclassified: int = 48,
-    progress: bool = True,
-    precision: str = "auto",
-    distributed: bool = False,
+    parent_column: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Evaluate `model` (a model or experts folder) on every image of every split of `data`. Under
-    several processes (`distributed`), the main process gets the report and writes it; the others
-    return an empty one."""
+    """Evaluate `model` (a model or experts folder) on every image of every split of `data`, classified
+    as `options` say (default: batches of 64, with a progress bar; `overrides`, e.g. `batch_size=8`,
+    replace some of them). The parent labels are the model's own, else `parent_column`'s in `data`.
+    Under several processes (`distributed`), the main process gets the report
+    and writes it; the others return an empty one."""
+    options = replace(options or EVALUATION_OPTIONS, **overrides)
     predictor = load_predictor(model)
-    probabilities, errors = classify(
-        predictor,
-        _image_sources(data),
-        batch_size=batch_size,
-        device=device,
-        num_workers=num_workers,
-        tta=tta,
-        precision=precision,
-        progress=progress,
-        distributed=distributed,
-        top_k=TOP_K,  # all that the report uses: the argmax and the top-5 accuracy
-    )
+    # The top-5 rows are all that the report uses: the argmax and the top-5 accuracy.
+    probabilities, errors = classify(predictor, _image_sources(data), options, top_k=TOP_K)
     if not is_main_process():  # the rows were gathered to the main process only
         return {}
     return report_predictions(
@@ -164,9 +162,9 @@ def evaluate_model(
         data,
         output_dir,
         labels=list(predictor.labels),
-        phylum_of=predictor.phylum_of or label_to_phylum(data),
+        parents=predictor.parents or parent_labels(data, parent_column),
         model_name=str(model),
-        tta=tta,
+        tta=options.tta,
         max_misclassified=max_misclassified,
     )
 
@@ -178,7 +176,7 @@ def report_predictions(
     output_dir: str | Path,
     *,
     labels: Sequence[str],
-    phylum_of: dict[str, str] | None,
+    parents: ParentLabels | None,
     model_name: str,
     tta: str = "none",
     max_misclassified: int = 48,
@@ -223,7 +221,7 @@ def report_predictions(
         )
     y_true = np.array([index_of[true_names[i]] for i in scored])
     probs = probabilities[scored]
-    report = classification_report(y_true, probs, model_labels, phylum_of)
+    report = classification_report(y_true, probs, model_labels, parents)
     report.update(
         {
             "model": model_name,
@@ -236,16 +234,16 @@ def report_predictions(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / METRICS_FILE, report)
-    _write_classification_report(output_dir / "classification_report.csv", report)
+    _write_classification_report(output_dir / "classification_report.csv", report, parents)
     y_pred = probs.argmax(axis=1)
     scores = probs[np.arange(len(scored)), y_pred]
     write_csv(
         output_dir / "predictions.csv",
         ["id", "true", "predicted", "score", "correct"]
-        + (["true_phylum", "predicted_phylum"] if phylum_of else []),
+        + ([f"true_{parents.column}", f"predicted_{parents.column}"] if parents else []),
         [
             [ids[i], model_labels[t], model_labels[p], f"{s:.6f}", int(t == p)]
-            + ([phylum_of.get(model_labels[t], ""), phylum_of.get(model_labels[p], "")] if phylum_of else [])
+            + ([parents.of.get(model_labels[t], ""), parents.of.get(model_labels[p], "")] if parents else [])
             for i, t, p, s in zip(scored, y_true, y_pred, scores, strict=True)
         ],
     )
@@ -254,7 +252,7 @@ def report_predictions(
         write_csv(output_dir / "bad_images.csv", ["id", "reason"], bad)
     write_png(
         output_dir / "confusion_matrix.png",
-        confusion_matrix_picture(y_true, y_pred, model_labels, phylum_of, report),
+        confusion_matrix_picture(y_true, y_pred, model_labels, parents, report),
     )
     wrong = [k for k in np.argsort(-scores, kind="stable") if y_true[k] != y_pred[k]][:max_misclassified]
     write_png(
@@ -264,7 +262,7 @@ def report_predictions(
             [(model_labels[y_true[k]], model_labels[y_pred[k]], float(scores[k])) for k in wrong],
         ),
     )
-    write_text(output_dir / "summary.md", summary_markdown(report, model_labels, phylum_of))
+    write_text(output_dir / "summary.md", summary_markdown(report, model_labels, parents))
     return report
 
 
@@ -280,11 +278,12 @@ def evaluate_splits(
     }
 
 
-def _write_classification_report(path: Path, report: dict[str, Any]) -> None:
+def _write_classification_report(path: Path, report: dict[str, Any], parents: ParentLabels | None) -> None:
+    """One row per class, grouped by parent (a column named after it) when there is one."""
     rows = [
         [
             label,
-            values.get("phylum", ""),
+            *([values[parents.column] or ""] if parents else []),
             f"{values['precision']:.4f}",
             f"{values['recall']:.4f}",
             f"{values['f1']:.4f}",
@@ -292,19 +291,21 @@ def _write_classification_report(path: Path, report: dict[str, Any]) -> None:
         ]
         for label, values in report["per_class"].items()
     ]
-    rows.sort(key=lambda row: (row[1], row[0]))
-    write_csv(path, ["label", "phylum", "precision", "recall", "f1", "support"], rows)
+    rows.sort(key=lambda row: (row[1], row[0]) if parents else row[0])
+    header = ["label", *([parents.column] if parents else []), "precision", "recall", "f1", "support"]
+    write_csv(path, header, rows)
 
 
 def confusion_matrix_picture(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     labels: Sequence[str],
-    phylum_of: dict[str, str] | None,
+    parents: ParentLabels | None,
     report: dict[str, Any],
 ) -> Image.Image:
-    """Row-normalised confusion matrix, classes ordered by phylum then name, beside the top confusions."""
-    order = sorted(range(len(labels)), key=lambda i: ((phylum_of or {}).get(labels[i], ""), labels[i]))
+    """Row-normalised confusion matrix, classes ordered by parent then name, beside the top confusions."""
+    parent_of = parents.of if parents else {}
+    order = sorted(range(len(labels)), key=lambda i: (parent_of.get(labels[i], ""), labels[i]))
     position = {index: k for k, index in enumerate(order)}
     matrix = np.zeros((len(labels), len(labels)))
     for t, p in zip(y_true, y_pred, strict=True):
@@ -315,7 +316,7 @@ def confusion_matrix_picture(
         matrix,
         [labels[i] for i in order],
         title=f"Confusion matrix (row-normalised; accuracy {accuracy:.3f}, macro-F1 {report['f1_macro']:.3f})",
-        group_of=[phylum_of[labels[i]] for i in order] if phylum_of else None,
+        group_of=[parent_of[labels[i]] for i in order] if parents else None,
         cell=max(4, min(28, 2400 // max(1, len(labels)))),
     )
     lines = ["Most frequent confusions", "(true -> predicted: count, share of the true class)", ""]
@@ -358,7 +359,12 @@ def misclassified_picture(
     )
 
 
-def summary_markdown(report: dict[str, Any], labels: Sequence[str], phylum_of: dict[str, str] | None) -> str:
+def _parent_cell(values: dict[str, Any], parents: ParentLabels | None) -> str:
+    """A class's parent as a table cell (with its closing bar), or nothing when there is no parent."""
+    return f" {md_cell(values[parents.column] or '')} |" if parents else ""
+
+
+def summary_markdown(report: dict[str, Any], labels: Sequence[str], parents: ParentLabels | None) -> str:
     figures = [
         ("accuracy", report["accuracy"]),
         ("macro-F1", report["f1_macro"]),
@@ -379,33 +385,26 @@ def summary_markdown(report: dict[str, Any], labels: Sequence[str], phylum_of: d
         "|---|---|",
     ]
     lines += [f"| {name} | {value:.4f} |" for name, value in figures]
-    if "phylum" in report:
-        crossing = report["cross_phylum_errors"]
+    if parents:
+        column = parents.column
+        crossing = report[f"cross_{column}_errors"]
         lines += [
-            f"| phylum accuracy | {report['phylum']['accuracy']:.4f} |",
-            f"| phylum macro-F1 | {report['phylum']['f1_macro']:.4f} |",
+            f"| {column} accuracy | {report[column]['accuracy']:.4f} |",
+            f"| {column} macro-F1 | {report[column]['f1_macro']:.4f} |",
             "",
-            f"{crossing['count']} of the errors ({crossing['share_of_errors']:.0%}) put the image in another phylum.",
+            f"{crossing['count']} of the errors ({crossing['share_of_errors']:.0%}) put the image in another {column}.",
         ]
-    weakest = sorted(
-        (
-            (values["f1"], label, values)
-            for label, values in report["per_class"].items()
-            if values["support"] > 0
-        ),
-        key=lambda item: (item[0], item[1]),
-    )[:10]
     lines += [
         "",
         "## The ten weakest classes (lowest F1)",
         "",
-        "| class | phylum | F1 | precision | recall | images |",
-        "|---|---|---|---|---|---|",
+        f"| class |{f' {parents.column} |' if parents else ''} F1 | precision | recall | images |",
+        "|---|" + ("---|" if parents else "") + "---|---|---|---|",
     ]
     lines += [
-        f"| {md_cell(label)} | {md_cell(values.get('phylum', ''))} | {values['f1']:.3f} | "
+        f"| {md_cell(label)} |{_parent_cell(values, parents)} {values['f1']:.3f} | "
         f"{values['precision']:.3f} | {values['recall']:.3f} | {values['support']} |"
-        for _, label, values in weakest
+        for label, values in weakest_classes(report["per_class"])
     ]
     lines += [
         "",

@@ -1,7 +1,7 @@
-"""`hf-classifier compare`: does using the phylum help? Train flat, multitask and experts on the same
-splits, evaluate each on the same held-out images, and report the evidence: family macro-F1 with a
-paired bootstrap confidence interval against flat, phylum macro-F1, errors that cross phyla,
-training time and parameters."""
+"""`hf-classifier compare`: does using the parent label (e.g. the phylum) help? Train flat, multitask
+and experts on the same splits, evaluate each on the same held-out images, and report the evidence:
+family macro-F1 with a paired bootstrap confidence interval against flat, the parent's macro-F1,
+errors that cross parents, training time and parameters."""
 
 from __future__ import annotations
 
@@ -16,26 +16,14 @@ from typing import Any
 import numpy as np
 
 from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
-from hf_classifier.data.sources import DataSourceError
+from hf_classifier.data.schema import DataSourceError
+from hf_classifier.evaluation.metrics import macro_f1
+from hf_classifier.hierarchy import DEFAULT_PARENT_COLUMN, STRATEGY_HIERARCHY, plural
 from hf_classifier.io_utils import write_csv, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-STRATEGY_HIERARCHY = {"flat": "none", "multitask": "multitask", "experts": "experts"}
 BOOTSTRAP_SAMPLES = 1000
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 over the classes present in truth or prediction, for rows of a 2-D batch of resamples."""
-    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
-    offsets = np.arange(len(y_true))[:, None] * num_classes
-    size = len(y_true) * num_classes
-    tp = np.bincount((y_true + offsets)[y_true == y_pred], minlength=size).reshape(-1, num_classes)
-    predicted = np.bincount((y_pred + offsets).ravel(), minlength=size).reshape(-1, num_classes)
-    actual = np.bincount((y_true + offsets).ravel(), minlength=size).reshape(-1, num_classes)
-    present = (predicted + actual) > 0
-    f1 = np.divide(2 * tp, predicted + actual, out=np.zeros(tp.shape), where=present)
-    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
 
 def paired_bootstrap(
@@ -70,7 +58,7 @@ def compare(
     """Train and evaluate every strategy; write comparison.{md,csv,json} to OUTPUT_DIR; return the table."""
     from hf_classifier.evaluation.inference import load_predictor
     from hf_classifier.evaluation.reports import METRICS_FILE
-    from hf_classifier.training.run import train
+    from hf_classifier.hierarchy.experts import train_model
 
     unknown = [s for s in strategies if s not in STRATEGY_HIERARCHY]
     if unknown:
@@ -89,6 +77,7 @@ def compare(
             "write the splits with `hf-classifier split ... --test_size 0.1`."
         )
 
+    column = data_args.parent_column or DEFAULT_PARENT_COLUMN
     results: list[dict[str, Any]] = []
     for strategy in strategies:
         folder = output_dir / strategy
@@ -96,7 +85,7 @@ def compare(
             training_args, output_dir=str(folder), hierarchy=STRATEGY_HIERARCHY[strategy], push_to_hub=False
         )
         started = time.time()
-        train(data_args, model_args, args)  # also evaluates the saved model on validation and test
+        train_model(data_args, model_args, args)  # also evaluates the saved model on validation and test
         seconds = time.time() - started
         report = json.loads((folder / f"evaluation_{held_out}" / METRICS_FILE).read_text(encoding="utf-8"))
         results.append(
@@ -104,9 +93,9 @@ def compare(
                 "strategy": strategy,
                 "family_f1_macro": report["f1_macro"],
                 "family_accuracy": report["accuracy"],
-                "phylum_f1_macro": report.get("phylum", {}).get("f1_macro"),
-                "cross_phylum_errors": report.get("cross_phylum_errors", {}).get("count"),
-                "cross_phylum_error_rate": report.get("cross_phylum_errors", {}).get("rate"),
+                f"{column}_f1_macro": report.get(column, {}).get("f1_macro"),
+                f"cross_{column}_errors": report.get(f"cross_{column}_errors", {}).get("count"),
+                f"cross_{column}_error_rate": report.get(f"cross_{column}_errors", {}).get("rate"),
                 "training_seconds": round(seconds, 1),
                 "parameters": load_predictor(folder).num_parameters(),
                 "evaluated_on": f"{held_out} ({report['num_images']} images)",
@@ -141,25 +130,25 @@ def compare(
     columns = [
         "strategy",
         "family_f1_macro",
-        "phylum_f1_macro",
-        "cross_phylum_errors",
+        f"{column}_f1_macro",
+        f"cross_{column}_errors",
         "training_seconds",
         "parameters",
     ]
     write_csv(output_dir / "comparison.csv", columns, [[r[c] for c in columns] for r in results])
-    table = comparison_markdown(results)
+    table = comparison_markdown(results, column)
     write_text(output_dir / "comparison.md", table)
     return table
 
 
-def comparison_markdown(results: list[dict[str, Any]]) -> str:
+def comparison_markdown(results: list[dict[str, Any]], column: str) -> str:
     def figure(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = [
-        f"# Does the phylum help? (judged on {results[0]['evaluated_on']})",
+        f"# Does the {column} help? (judged on {results[0]['evaluated_on']})",
         "",
-        "| strategy | family macro-F1 | vs flat (95 % CI) | phylum macro-F1 | errors crossing phyla | "
+        f"| strategy | family macro-F1 | vs flat (95 % CI) | {column} macro-F1 | errors crossing {plural(column)} | "
         "training time | parameters |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -172,7 +161,7 @@ def comparison_markdown(results: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"| {r['strategy']} | {figure(r['family_f1_macro'])} | {versus_text} | "
-            f"{figure(r['phylum_f1_macro'])} | {figure(r['cross_phylum_errors'])} | "
+            f"{figure(r[f'{column}_f1_macro'])} | {figure(r[f'cross_{column}_errors'])} | "
             f"{r['training_seconds']:.0f} s | {r['parameters']:,} |"
         )
     verdicts = []
@@ -189,7 +178,7 @@ def comparison_markdown(results: list[dict[str, Any]]) -> str:
         else:
             verdicts.append(
                 f"{r['strategy']} and flat cannot be told apart on these images (the interval spans 0): "
-                "using the phylum is not justified by this evidence."
+                f"using the {column} is not justified by this evidence."
             )
     lines += (
         [""]

@@ -1,12 +1,15 @@
-"""`train --hierarchy experts`: a phylum classifier that routes each image to one family model per
-phylum, the way the users split the problem by hand, as one folder that `predict` and `evaluate` use
-like any model:
+"""`train --hierarchy experts`: a parent classifier (e.g. of phyla) that routes each image to one model
+per parent, the way the users split the problem by hand, as one folder that `predict` and `evaluate`
+use like any model:
 
-    OUTPUT_DIR/experts.json        which model serves which phylum, the label list, family -> phylum
-    OUTPUT_DIR/router/             the phylum classifier
-    OUTPUT_DIR/family_<phylum>/    one family classifier per phylum with 2+ families
+    OUTPUT_DIR/experts.json        which model serves which parent, the label list, label -> parent
+    OUTPUT_DIR/router/             the parent classifier
+    OUTPUT_DIR/family_<parent>/    one classifier per parent with 2+ labels
     OUTPUT_DIR/splits/             the splits every model was trained on (one split for all)
     OUTPUT_DIR/eval_results.json   the combined predictor on the validation split (test_results.json too)
+
+`train_model` is the entry point of `hf-classifier train`: this for experts, `training.run.train`
+(which plugs multitask in through the trainer's auxiliary task) otherwise.
 """
 
 from __future__ import annotations
@@ -18,29 +21,47 @@ from pathlib import Path
 from typing import Any
 
 from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments
-from hf_classifier.data.sources import DataSourceError, ImageData
+from hf_classifier.data.schema import DataSourceError, ImageData
 from hf_classifier.evaluation.inference import EXPERTS_FILE
-from hf_classifier.hierarchy.levels import PHYLUM, relabel, require_phylum_of, subset
+from hf_classifier.hierarchy.levels import parent_labels, relabel, subset
 from hf_classifier.io_utils import write_json
+from hf_classifier.training.run import TrainingOutcome, load_training_data, train
 
 logger = logging.getLogger(__name__)
+
+
+def train_model(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: ClassifierTrainingArguments,
+    **options: Any,
+) -> TrainingOutcome:
+    """What `hf-classifier train` runs: the experts for `--hierarchy experts`, else one model."""
+    if training_args.hierarchy == "experts":
+        return train_experts(data_args, model_args, training_args, **options)
+    return train(data_args, model_args, training_args, **options)
 
 
 def train_experts(
     data_args: DataArguments,
     model_args: ModelArguments,
     training_args: ClassifierTrainingArguments,
-    callbacks: list | None = None,
-    concise_logs: bool = False,
-) -> Any:
+    **options: Any,
+) -> TrainingOutcome:
+    """The router and the per-parent models (`options`: `train`'s, e.g. callbacks), then their combined
+    evaluation."""
     from hf_classifier.evaluation.reports import evaluate_splits
-    from hf_classifier.training.run import TrainingOutcome, load_training_data, train
 
+    if data_args.streaming:
+        raise DataSourceError(
+            f"--hierarchy experts trains one model per {data_args.parent_column or 'parent label'} on its images, which a "
+            "stream cannot be divided into up front; use --hierarchy multitask (or none) with --streaming."
+        )
     started = time.time()
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(desc="loading and checking the data"):
         data = load_training_data(data_args, model_args, training_args)  # one split for every model
-    phylum_of = require_phylum_of(data, "--hierarchy experts")
+    parents = parent_labels(data, data_args.parent_column, "--hierarchy experts")
 
     def run(name: str, part: ImageData) -> None:
         args = dataclasses.replace(
@@ -51,28 +72,29 @@ def train_experts(
             resume_from_checkpoint=None,
         )
         logger.info("Training %s: %s", name, part.describe())
-        train(data_args, model_args, args, callbacks=callbacks, concise_logs=concise_logs, data=part)
+        train(data_args, model_args, args, data=part, **options)
 
-    run("router", relabel(data, phylum_of, PHYLUM))
+    run("router", relabel(data, parents))
     experts, single_family = {}, {}
-    for phylum in sorted(set(phylum_of.values())):
-        families = [label for label in data.labels if phylum_of[label] == phylum]
-        if len(families) == 1:
-            single_family[phylum] = families[0]  # routing alone decides the family
+    for parent in parents.parents:
+        members = [label for label in data.labels if parents.of[label] == parent]
+        if len(members) == 1:
+            single_family[parent] = members[0]  # routing alone decides the label
             continue
-        part = subset(data, families)
+        part = subset(data, members)
         if "validation" not in part.splits:
             raise DataSourceError(
-                f"Phylum {phylum} has no validation images; it needs more images per family."
+                f"{parents.column.capitalize()} {parent} has no validation images; it needs more images "
+                f"per {data.label_name}."
             )
-        run(f"family_{phylum}", part)
-        experts[phylum] = f"family_{phylum}"
+        run(f"family_{parent}", part)
+        experts[parent] = f"family_{parent}"
 
     spec = {
         "kind": "experts",
         "label_name": data.label_name,
         "labels": data.labels,
-        "phylum_of": phylum_of,
+        **parents.config(),
         "router": "router",
         "experts": experts,
         "single_family": single_family,

@@ -1,12 +1,13 @@
-"""The label hierarchy (family -> phylum), taken from the data: a `phylum` column, or class folders
-named `phylum_family` (chordata_ardeidae)."""
+"""The label hierarchy (family -> phylum, species -> order, ...), taken from the data: the parent
+column `--parent_column` names, or, for phyla, class folders named `phylum_family` (chordata_ardeidae)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
 
-from hf_classifier.data.sources import LABEL, ImageData
+from hf_classifier.data.schema import LABEL, ImageData
+from hf_classifier.hierarchy import DEFAULT_PARENT_COLUMN, ParentLabels
 
 logger = logging.getLogger(__name__)
 
@@ -67,85 +68,100 @@ def phylum_of_folder_name(name: str) -> str | None:
     return prefix if "_" in name and prefix in KNOWN_PHYLA else None
 
 
-def label_to_phylum(data: ImageData) -> dict[str, str] | None:
-    """Map every label to its phylum, or None when the data does not say.
+def label_to_parent(data: ImageData, column: str = DEFAULT_PARENT_COLUMN) -> dict[str, str] | None:
+    """Map every label to its parent in `column`, or None when the data does not say.
 
-    A `phylum` column wins; otherwise every class name must read as `phylum_family`. A label seen
-    with several phyla in the column gets the most frequent one (with a warning).
+    The column wins; otherwise, for phyla only, every class name must read as `phylum_family`. A label
+    seen with several parents in the column gets the most frequent one (with a warning).
     """
-    if data.label_name == PHYLUM:
+    if data.label_name == column:
         return None
     labels = data.labels
     # A streamed split cannot be read up front: the column is looked up in the stored ones.
-    stored = [split for split in data.splits.values() if hasattr(split, "__len__")]
-    columns = stored[0].column_names if stored else []
-    if PHYLUM in columns:
+    stored = _stored_splits(data)
+    if stored and column in stored[0].column_names:
         seen: dict[str, Counter] = defaultdict(Counter)
         for split in stored:
             names = split.features[LABEL].names
-            for label, phylum in zip(split[LABEL], split[PHYLUM], strict=True):
-                if phylum:
-                    seen[names[label]][phylum.lower()] += 1
+            for label, parent in zip(split[LABEL], split[column], strict=True):
+                if parent:
+                    seen[names[label]][str(parent).lower()] += 1
         if set(seen) == set(labels):
             mapping = {}
             for label in labels:
-                (phylum, _), *others = seen[label].most_common()
+                (parent, _), *others = seen[label].most_common()
                 if others:
                     logger.warning(
-                        "%s %r appears with several phyla (%s); using %s.",
+                        "%s %r appears with several values of %r (%s); using %s.",
                         data.label_name,
                         label,
+                        column,
                         ", ".join(seen[label]),
-                        phylum,
+                        parent,
                     )
-                mapping[label] = phylum
+                mapping[label] = parent
             return mapping
+    if column != PHYLUM:
+        return None
     from_names = {label: phylum_of_folder_name(label) for label in labels}
     if all(from_names.values()):
         return from_names  # type: ignore[return-value]
     return None
 
 
-def require_phylum_of(data: ImageData, option: str) -> dict[str, str]:
-    """`label_to_phylum(data)`, or an error naming `option` and what the data lacks."""
-    phylum_of = label_to_phylum(data)
-    if phylum_of:
-        return phylum_of
-    from hf_classifier.data.sources import DataSourceError
+def parent_labels(data: ImageData, column: str | None, required_by: str | None = None) -> ParentLabels | None:
+    """`label_to_parent` as `ParentLabels`, None when the data does not say. `column` None: the default
+    (phylum), when the data has it. An error naming the flag and what the data lacks instead of None
+    when `required_by` (a flag) needs the parents, or when `--parent_column` named a column."""
+    if column is None:
+        column = DEFAULT_PARENT_COLUMN
+    elif required_by is None:
+        required_by = f"--parent_column {column}"
+    mapping = label_to_parent(data, column)
+    if mapping:
+        return ParentLabels(column, mapping)
+    if required_by is None:
+        return None
+    from hf_classifier.data.schema import DataSourceError
 
-    stored = [split for split in data.splits.values() if hasattr(split, "__len__")]
-    if stored and PHYLUM in stored[0].column_names:
+    stored = _stored_splits(data)
+    if stored and column in stored[0].column_names:
         known = {
             split.features[LABEL].names[label]
             for split in stored
-            for label, phylum in zip(split[LABEL], split[PHYLUM], strict=True)
-            if phylum
+            for label, parent in zip(split[LABEL], split[column], strict=True)
+            if parent
         }
         missing = [label for label in data.labels if label not in known]
-        lacking = f"the 'phylum' column is empty for every image of {', '.join(missing[:5])}"
+        lacking = f"the {column!r} column is empty for every image of {', '.join(missing[:5])}"
     else:
-        lacking = "there is no 'phylum' column and the class names do not read as phylum_family"
+        lacking = f"there is no {column!r} column" + (
+            " and the class names do not read as phylum_family" if column == PHYLUM else ""
+        )
+    folders = ", or class folders named phylum_family (e.g. chordata_ardeidae)" if column == PHYLUM else ""
     raise DataSourceError(
-        f"{option} needs each label's phylum, but {lacking}. Give a 'phylum' column, or class folders "
-        "named phylum_family (e.g. chordata_ardeidae)."
+        f"{required_by} needs each label's {column}, but {lacking}. Give a {column!r} column{folders}, "
+        "or name the data's coarser column with --parent_column."
     )
 
 
-def relabel(data: ImageData, mapping: dict[str, str], label_name: str = PHYLUM) -> ImageData:
-    """The same images labelled with `mapping[label]` (e.g. family -> phylum)."""
+def _stored_splits(data: ImageData) -> list:
+    return [split for split in data.splits.values() if hasattr(split, "__len__")]
+
+
+def relabel(data: ImageData, parents: ParentLabels) -> ImageData:
+    """The same images labelled with their parent (e.g. family -> phylum)."""
     from datasets import ClassLabel
 
-    parents = sorted(set(mapping.values()))
     splits = {}
     for name, split in data.splits.items():
-        old = split.features[LABEL].names
-        new_ids = [parents.index(mapping[old[i]]) for i in split[LABEL]]
+        parent_ids = parents.indices(split.features[LABEL].names)
         splits[name] = (
             split.remove_columns(LABEL)
-            .add_column(LABEL, new_ids)
-            .cast_column(LABEL, ClassLabel(names=parents))
+            .add_column(LABEL, [parent_ids[i] for i in split[LABEL]])
+            .cast_column(LABEL, ClassLabel(names=parents.parents))
         )
-    return _with_splits(data, splits, label_name)
+    return _with_splits(data, splits, parents.column)
 
 
 def subset(data: ImageData, labels: list[str]) -> ImageData:

@@ -3,11 +3,11 @@
 The card is a function of the model folder alone, so `train` writes it and `push` re-renders it (with
 the repo id in the usage examples, and any evaluation added since):
 
-- config.json: labels, label name, family -> phylum map, architecture;
+- config.json: labels, label name, label -> parent map (the coarser label column), architecture;
 - preprocessor_config.json: how images are prepared;
 - training_summary.json (written by `train`): data, augmentation, hyperparameters, compute, versions;
 - eval_results.json / test_results.json: the figures of the best checkpoint;
-- evaluation_<split>/metrics.json and confusion_matrix.png: phylum-level figures, weakest classes.
+- evaluation_<split>/metrics.json and confusion_matrix.png: parent-level figures, weakest classes.
 
 The template is the top-level `model_cards/model_card.md` (shipped as `hf_classifier.model_cards`),
 rendered with `huggingface_hub.ModelCard`.
@@ -23,7 +23,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_classifier.data.sources import LABEL, ImageData
+from hf_classifier.data.schema import LABEL, ImageData
+from hf_classifier.evaluation.metrics import weakest_classes
+from hf_classifier.hierarchy import ParentLabels
 from hf_classifier.io_utils import write_json, write_text
 from hf_classifier.transforms.pipeline import PreprocessSpec, describe_preset, spec_from_processor
 
@@ -238,12 +240,14 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
     extra = getattr(config, "hf_classifier", {}) or {}
     labels = [config.id2label[i] for i in range(config.num_labels)]
     label_name = extra.get("label_name", "label")
-    phylum_of = extra.get("phylum_of")
+    parents = ParentLabels.from_config(extra)
+    parent_of = parents.of if parents else {}
     summary = _read_json(model_dir / SUMMARY_FILE) or {}
     data = summary.get("data", {})
     base_model = summary.get("base_model")
     dataset_id = summary.get("dataset_id")
     rare_species = bool(dataset_id and "rare-species" in dataset_id)
+    taxonomic = rare_species or bool(parents and parents.taxonomic)  # photos of living things
     model_ref = model_ref or str(model_dir)
     model_name = model_ref.rstrip("/").split("/")[-1] or "model"
 
@@ -263,7 +267,7 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
         license=summary.get("license") or "other",
         metrics=sorted({metric_type for _, metric_type, _, _ in RESULT_METRICS}),
         tags=["image-classification", "vision", "hf-classifier", config.model_type]
-        + (["biology", "biodiversity"] if rare_species or phylum_of else []),
+        + (["biology", "biodiversity"] if taxonomic else []),
         model_name=model_name,
         eval_results=_eval_results(metrics, dataset_id or "imagefolder", dataset_id or "local image data"),
     )
@@ -278,7 +282,7 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
         "intended_use": (
             f"suggesting the taxonomic {label_name} of an animal from a photo, among the {len(labels)} "
             "it was trained on, to help biologists and students sort and check photo collections."
-            if rare_species or phylum_of
+            if taxonomic
             else f"predicting the {label_name} shown in a photo, among the {len(labels)} classes it was trained on."
         ),
         "domain": "Encyclopedia of Life photos (wildlife photography of many sizes and qualities)"
@@ -297,11 +301,12 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
             {
                 "label": md_cell(label),
                 "count": train_counts.get(label, 0),
-                "phylum": md_cell((phylum_of or {}).get(label, "")),
+                "parent": md_cell(parent_of.get(label, "")),
             }
             for label in labels
         ],
-        "has_phyla": bool(phylum_of),
+        "parent": parents.column if parents else None,
+        "parent_key": f"{parents.column}_of" if parents else None,
         "eval_preprocessing": describe_preprocessing(_processor_spec(model_dir)),
         "augmentation": summary.get("augmentation", "light"),
         "augmentation_description": describe_preset(summary.get("augmentation", "light")),
@@ -310,9 +315,9 @@ def render_model_card(model_dir: str | Path, model_ref: str | None = None) -> Mo
         "hyperparameters": [(name, md_cell(value)) for name, value in summary.get("hyperparameters", [])],
         "results": _result_rows(metrics, data.get("splits") or {}),
         "evaluation_split": shown_split,
-        "phylum_results": shown.get("phylum") if shown else None,
-        "cross_phylum": shown.get("cross_phylum_errors") if shown else None,
-        "weakest": _weakest(shown) if shown else [],
+        "parent_results": shown.get(parents.column) if shown and parents else None,
+        "cross_parent": shown.get(f"cross_{parents.column}_errors") if shown and parents else None,
+        "weakest": _weakest(shown, parents) if shown else [],
         "confusions": [
             {**c, "true": md_cell(c["true"]), "predicted": md_cell(c["predicted"])}
             for c in (shown.get("top_confusions", [])[:5] if shown else [])
@@ -433,20 +438,15 @@ def _result_rows(metrics: dict[str, float], split_sizes: dict[str, int]) -> list
     return rows
 
 
-def _weakest(evaluation: dict) -> list[dict[str, Any]]:
-    classes = [
-        (values["f1"], label, values)
-        for label, values in evaluation.get("per_class", {}).items()
-        if values.get("support", 0) > 0
-    ]
+def _weakest(evaluation: dict, parents: ParentLabels | None) -> list[dict[str, Any]]:
     return [
         {
             "label": md_cell(label),
-            "phylum": md_cell(values.get("phylum", "")),
-            "f1": f"{f1:.3f}",
+            "parent": md_cell((values.get(parents.column) or "") if parents else ""),
+            "f1": f"{values['f1']:.3f}",
             "support": values["support"],
         }
-        for f1, label, values in sorted(classes, key=lambda c: (c[0], c[1]))[:10]
+        for label, values in weakest_classes(evaluation.get("per_class", {}))
     ]
 
 

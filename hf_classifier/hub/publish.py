@@ -42,8 +42,8 @@ def collect_upload_set(model_dir: str | Path) -> list[str]:
         raise PublishError(f"{model_dir} is not a folder.")
     if (model_dir / EXPERTS_FILE).is_file():
         raise PublishError(
-            f"{model_dir} is an experts folder (a router and one model per phylum), not one model: push its "
-            "router/ and family_<phylum>/ folders one by one, or publish a flat or multitask model."
+            f"{model_dir} is an experts folder (a router and one model per parent label), not one model: push "
+            "its router/ and family_<parent>/ folders one by one, or publish a flat or multitask model."
         )
     names = sorted(p.name for p in model_dir.iterdir() if p.is_file())
     missing = [name for name in REQUIRED_FILES if name not in names]

@@ -132,18 +132,19 @@ def is_conv_net(model: nn.Module) -> bool:
     return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 2
 
 
-AUXILIARY_HEAD = "phylum_head"
-PHYLUM_LOGITS = "phylum_logits"
+AUXILIARY_LOGITS = "auxiliary_logits"
+# The model attribute listing its auxiliary heads' module names (the fine-tuning plan trains them as heads).
+AUXILIARY_HEADS = "auxiliary_heads"
 
 
-class PhylumHeadHooks:
-    """Runs the auxiliary phylum head inside the model's own forward pass, in training mode.
+class AuxiliaryHeadHooks:
+    """Runs an auxiliary head inside the model's own forward pass, in training mode.
 
-    A hook on the classification layer feeds the head the pooled features the family head sees (inside
+    A hook on the classification layer feeds the head the pooled features the main head sees (inside
     the same autocast region, so both heads compute in one dtype), and a hook on the model adds the
-    result to its outputs as `phylum_logits`. Being part of the forward and of its outputs is what lets
-    DDP (with `find_unused_parameters`) and FSDP account for the head's parameters. In evaluation mode
-    nothing is added, so the outputs (and the metrics) stay those of a plain family classifier.
+    result to its outputs as `auxiliary_logits`. Being part of the forward and of its outputs is what
+    lets DDP (with `find_unused_parameters`) and FSDP account for the head's parameters. In evaluation
+    mode nothing is added, so the outputs (and the metrics) stay those of a plain classifier.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module, head: nn.Module):
@@ -164,43 +165,44 @@ class PhylumHeadHooks:
         logits, self._logits = self._logits, None  # not kept alive past the forward
         if logits is None or not isinstance(outputs, ModelOutput):
             return outputs
-        return _with_phylum_logits(type(outputs))(**outputs, phylum_logits=logits)
+        return _with_auxiliary_logits(type(outputs))(**outputs, **{AUXILIARY_LOGITS: logits})
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
 
-# The model's output class with a `phylum_logits` field added, per output class. A new ModelOutput
+# The model's output class with an `auxiliary_logits` field added, per output class. A new ModelOutput
 # dataclass (not an extra key on the old one): DDP rebuilds outputs from their fields (pytree).
-_OUTPUTS_WITH_PHYLUM: dict[type, type] = {}
+_OUTPUTS_WITH_AUXILIARY: dict[type, type] = {}
 
 
-def _with_phylum_logits(output_type: type) -> type:
-    if output_type not in _OUTPUTS_WITH_PHYLUM:
-        _OUTPUTS_WITH_PHYLUM[output_type] = dataclasses.make_dataclass(
-            f"{output_type.__name__}WithPhylum",
-            [(PHYLUM_LOGITS, torch.Tensor | None, dataclasses.field(default=None))],
+def _with_auxiliary_logits(output_type: type) -> type:
+    if output_type not in _OUTPUTS_WITH_AUXILIARY:
+        _OUTPUTS_WITH_AUXILIARY[output_type] = dataclasses.make_dataclass(
+            f"{output_type.__name__}WithAuxiliary",
+            [(AUXILIARY_LOGITS, torch.Tensor | None, dataclasses.field(default=None))],
             bases=(output_type,),
         )
-    return _OUTPUTS_WITH_PHYLUM[output_type]
+    return _OUTPUTS_WITH_AUXILIARY[output_type]
 
 
-def attach_phylum_head(model: PreTrainedModel, num_phyla: int) -> PhylumHeadHooks:
-    """Add an auxiliary phylum classifier on the features the family head sees (`--hierarchy multitask`);
-    in training mode the model's outputs gain `phylum_logits` (see `PhylumHeadHooks`).
+def attach_auxiliary_head(model: PreTrainedModel, name: str, num_outputs: int) -> AuxiliaryHeadHooks:
+    """Add a classifier with `num_outputs` outputs, as the submodule `name`, on the features the main
+    head sees; in training mode the model's outputs gain `auxiliary_logits` (see `AuxiliaryHeadHooks`).
 
     It is left out of every saved file (`_keys_to_ignore_on_save`), so the saved model stays a plain
-    family classifier that `pipeline("image-classification")` loads.
+    classifier that `pipeline("image-classification")` loads.
     """
     classifier = find_classifier(model, model.config.num_labels)
     width = getattr(classifier, "in_features", None) or classifier.in_channels
-    model.add_module(AUXILIARY_HEAD, nn.Linear(width, num_phyla))
+    model.add_module(name, nn.Linear(width, num_outputs))
     model._keys_to_ignore_on_save = set(model._keys_to_ignore_on_save or ()) | {
-        f"{AUXILIARY_HEAD}.weight",
-        f"{AUXILIARY_HEAD}.bias",
+        f"{name}.weight",
+        f"{name}.bias",
     }
-    return PhylumHeadHooks(model, classifier, getattr(model, AUXILIARY_HEAD))
+    setattr(model, AUXILIARY_HEADS, (*getattr(model, AUXILIARY_HEADS, ()), name))
+    return AuxiliaryHeadHooks(model, classifier, getattr(model, name))
 
 
 def parameters_without_gradient(model: nn.Module, image_size: tuple[int, int]) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hf_classifier.models.build import AUXILIARY_HEAD, find_classifier
+from hf_classifier.models.build import AUXILIARY_HEADS, find_classifier
 
 SEQUENCE_CONTAINERS = (nn.ModuleList, nn.Sequential)
 
@@ -113,7 +113,7 @@ def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and module.out_features == num_labels
             and name.split(".")[-1].endswith("classifier")
         )
-        or name == AUXILIARY_HEAD  # --hierarchy multitask: trains with the head, from the start
+        or name in getattr(model, AUXILIARY_HEADS, ())  # e.g. --hierarchy multitask: trains with the head
     ]
     return heads
 

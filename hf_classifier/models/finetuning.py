@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from torch import nn
 
@@ -25,7 +26,8 @@ from hf_classifier.models.depth import DepthMap
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze")
+FinetuneStrategy = Literal["full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze"]
+STRATEGIES: tuple[FinetuneStrategy, ...] = get_args(FinetuneStrategy)
 NEVER = math.inf
 # Parameters without weight decay besides biases and norm weights (any tensor of 0 or 1 dimension).
 NO_DECAY_NAMES = (
@@ -50,7 +52,7 @@ def skips_weight_decay(name: str, parameter: nn.Parameter) -> bool:
 @dataclass
 class FinetunePlan:
     depth_map: DepthMap
-    strategy: str = "full"
+    strategy: FinetuneStrategy = "full"
     learning_rate: float = 5e-5
     head_learning_rate: float | None = None
     layer_decay: float = 1.0

@@ -7,17 +7,19 @@ import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-CLASS_WEIGHTINGS = ("none", "balanced", "effective_number")
+ClassWeighting = Literal["none", "balanced", "effective_number"]
+CLASS_WEIGHTINGS: tuple[ClassWeighting, ...] = get_args(ClassWeighting)
 
 
 def class_weights(
-    labels: Sequence[int], num_classes: int, method: str = "balanced", beta: float = 0.999
+    labels: Sequence[int], num_classes: int, method: ClassWeighting = "balanced", beta: float = 0.999
 ) -> torch.Tensor | None:
     """Loss weights per class, normalised so that they average 1 over the classes.
 

@@ -5,7 +5,6 @@ Works unchanged under `accelerate launch` (Trainer runs on Accelerate); only the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,11 +24,13 @@ from hf_classifier.cli.arguments import (
     sharding_backend,
 )
 from hf_classifier.data.checks import drop_bad_images, handle_bad_rows
-from hf_classifier.data.prepared import prepare_data, stored_size_for
-from hf_classifier.data.sources import IMAGE, LABEL, DataSourceError, ImageData
+from hf_classifier.data.prepared import auto_prepare_choice, prepare_data, stored_size_for
+from hf_classifier.data.schema import IMAGE, LABEL, ImageData
 from hf_classifier.data.splits import ensure_validation_split, write_splits
 from hf_classifier.evaluation.metrics import build_compute_metrics
-from hf_classifier.hierarchy.levels import label_to_phylum, require_phylum_of
+from hf_classifier.hierarchy import ParentLabels, config_entries
+from hf_classifier.hierarchy.levels import parent_labels
+from hf_classifier.hierarchy.multitask import ParentHead
 from hf_classifier.hub.card import (
     base_model_license,
     card_dataset_id,
@@ -38,7 +39,6 @@ from hf_classifier.hub.card import (
 )
 from hf_classifier.hub.offline import is_local_path
 from hf_classifier.models.build import (
-    attach_phylum_head,
     build_model,
     is_conv_net,
     load_image_processor,
@@ -47,12 +47,8 @@ from hf_classifier.models.build import (
 from hf_classifier.models.depth import UnsupportedArchitectureError, flat_depth_map, map_depths
 from hf_classifier.models.finetuning import FinetunePlan, describe_plan
 from hf_classifier.models.regularization import Mixer, ModelEMA, class_weights
-from hf_classifier.training.trainer import (
-    ImageClassificationTrainer,
-    checkpoint_is_complete,
-    complete_checkpoints,
-    last_complete_checkpoint,
-)
+from hf_classifier.training.checkpoints import checkpoint_step, checkpoint_to_resume
+from hf_classifier.training.trainer import ImageClassificationTrainer
 from hf_classifier.transforms.pipeline import (
     ExampleTransform,
     KeyedTrainingImages,
@@ -128,17 +124,26 @@ def load_training_data(
             data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, token=model_args.token
         )
         logger.info("Streaming %s", data.describe())
+        if data_args.prepare == "auto":
+            logger.info("Not preparing the photos: they are streamed, each read as training reaches it.")
         return data
     data = data_args.load_data(cache_dir=model_args.cache_dir, token=model_args.token)
     logger.info("Loaded %s", data.describe())
     report_dir = output_dir if training_args.should_save else None
-    if data_args.prepare:
+    prepare = data_args.prepare
+    if prepare:  # True or "auto": both need the size the copies would have
         processor = processor or load_image_processor(
             model_args.image_processor_name or model_args.model_name_or_path, **model_args.hub_kwargs()
         )
+        size = stored_size_for(processor)
+    if prepare == "auto":
+        epochs = epochs_read(training_args, data_args.max_train_samples, len(data.splits["train"]))
+        prepare, reason = auto_prepare_choice(data, size, epochs, data_args.prepared_cache_dir)
+        logger.info(reason)
+    if prepare:
         data, bad = prepare_data(
             data,
-            stored_size_for(processor),
+            size,
             cache_dir=data_args.prepared_cache_dir,
             num_proc=data_args.prepare_num_proc,
         )
@@ -157,6 +162,21 @@ def load_training_data(
     return data
 
 
+def epochs_read(
+    training_args: ClassifierTrainingArguments, max_train_samples: int | None, train_images: int
+) -> float:
+    """How many times training reads its images: --num_train_epochs, or --max_steps' batches over the
+    training split (--max_train_samples of it, when given)."""
+    if training_args.max_steps <= 0:
+        return training_args.num_train_epochs
+    if max_train_samples is not None:
+        train_images = min(train_images, max_train_samples)
+    per_step = (
+        training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    return training_args.max_steps * per_step / max(train_images, 1)
+
+
 def _first(dataset, count: int, seed: int):
     return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
 
@@ -172,24 +192,19 @@ def train(
     """Fine-tune `model_args.model_name_or_path` on the data and write everything to OUTPUT_DIR.
 
     `concise_logs` replaces Trainer's per-step log dicts and metric tables with one line per epoch.
-    `data` (already checked and split) replaces loading from `data_args`.
+    `data` (already checked and split) replaces loading from `data_args`. The argument dataclasses
+    are read, never written (what Trainer must not do itself is off in its own copy).
     """
-    if data_args.streaming:
-        check_streaming_arguments(training_args)
+    if data_args.streaming:  # a local copy, counted in steps (parse_args gives one already)
+        training_args = training_args.for_streaming()
     if training_args.hierarchy == "experts":
-        from hf_classifier.hierarchy.experts import train_experts
-
-        return train_experts(
-            data_args, model_args, training_args, callbacks=callbacks, concise_logs=concise_logs
+        raise ValueError(
+            "train() trains one model; train --hierarchy experts with hierarchy.experts.train_model."
         )
     started = time.time()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    push_requested = training_args.push_to_hub
-    training_args.push_to_hub = False  # we push our own curated upload set at the end, not Trainer's
-    # Trainer pickles its arguments into training_args.bin: the token must not be among them.
-    hub_token, training_args.hub_token = training_args.hub_token, None
-    if push_requested and training_args.should_save:
+    if training_args.push_to_hub and training_args.should_save:
         from hf_classifier.hub.publish import check_can_push
 
         check_can_push(training_args.hub_model_id or output_dir.name)  # fail now, not after training
@@ -201,10 +216,8 @@ def train(
     if data is None:
         with training_args.main_process_first(desc="loading and checking the data"):
             data = load_training_data(data_args, model_args, training_args, processor)
-    if training_args.hierarchy == "multitask":
-        phylum_of = require_phylum_of(data, "--hierarchy multitask")
-    else:
-        phylum_of = label_to_phylum(data)
+    multitask = training_args.hierarchy == "multitask"
+    parents = parent_labels(data, data_args.parent_column, "--hierarchy multitask" if multitask else None)
 
     model = build_model(
         model_args.model_name_or_path,
@@ -213,22 +226,19 @@ def train(
         drop_path_rate=model_args.drop_path_rate,
         extra_config={
             "label_name": data.label_name,
-            "phylum_of": phylum_of,
+            **config_entries(data_args.parent_column, parents),
             "hierarchy": training_args.hierarchy,
         },
         **model_args.hub_kwargs(),
     )
-    phylum_head = phylum_index = None
-    if training_args.hierarchy == "multitask":
-        phyla = sorted(set(phylum_of.values()))
-        phylum_head = attach_phylum_head(model, len(phyla))
-        phylum_index = torch.tensor([phyla.index(phylum_of[label]) for label in data.labels])
+    auxiliary_task = (
+        ParentHead(model, data.labels, parents, training_args.phylum_loss_weight) if multitask else None
+    )
     channels_last = training_args.channels_last
     if channels_last is None:
         channels_last = not training_args.use_cpu and torch.cuda.is_available() and is_conv_net(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decide_find_unused_parameters(model, training_args, processor)
     plan = finetune_plan(model, training_args)
     logger.info("Fine-tuning plan: %s", describe_plan(plan))
     train_labels = None if data_args.streaming else list(data.splits["train"][LABEL])
@@ -236,37 +246,7 @@ def train(
     # Decoding and resizing happen on the fly, per batch, in the DataLoader workers.
     eval_transform = ExampleTransform(create_transform(processor))
     train_transform = create_transform(processor, training=True, augmentation=data_args.augmentation)
-    if data_args.streaming:
-        from hf_classifier.data.streaming import StreamTransform, check_shard_spread, training_stream
-
-        check_shard_spread(data.splits["train"], training_args)
-        # A resumed stream is not replayed up to the checkpoint (that would decode every image seen
-        # so far again): it starts at once, in a new order drawn from the seed and the step.
-        resumed_step = checkpoint_step(checkpoint) if checkpoint else 0
-        training_args.ignore_data_skip = True
-        stream = training_stream(
-            data.splits["train"],
-            seed=training_args.seed + resumed_step,
-            buffer_size=data_args.shuffle_buffer_size,
-        )
-        train_dataset = stream.map(
-            StreamTransform(
-                train_transform,
-                skip_bad=data_args.skip_bad_images,
-                record=str(output_dir / STREAMED_BAD_IMAGES),
-                seed=training_args.seed + resumed_step,
-                process_index=training_args.process_index,
-            ),
-            batched=True,
-            batch_size=training_args.per_device_train_batch_size,
-            remove_columns=stream.column_names,
-        )
-    else:
-        # Read by SampleKey: each image's augmentation is a pure function of (seed, epoch, sample), so a
-        # resumed run and any number of workers see the same inputs.
-        train_dataset = KeyedTrainingImages(
-            data.splits["train"].select_columns([IMAGE, LABEL]), train_transform, seed=training_args.seed
-        )
+    train_dataset = training_dataset(data, data_args, training_args, train_transform, checkpoint)
     eval_dataset = data.splits["validation"].with_transform(eval_transform)
 
     trainer = ImageClassificationTrainer(
@@ -293,10 +273,9 @@ def train(
         ),
         ema=ModelEMA(model, training_args.ema_decay) if training_args.ema_decay > 0 else None,
         sampler_labels=train_labels if training_args.balanced_sampler else None,
-        phylum_head=phylum_head,
-        phylum_index=phylum_index,
-        phylum_loss_weight=training_args.phylum_loss_weight,
+        auxiliary_task=auxiliary_task,
         channels_last=channels_last,
+        ddp_find_unused_parameters=find_unused_parameters(model, training_args, processor),
         callbacks=list(callbacks or [])
         + (
             [EarlyStoppingCallback(training_args.early_stopping_patience)]
@@ -347,105 +326,19 @@ def train(
             training_args,
             time.time() - started,
             probabilities=probabilities,
-            phylum_of=phylum_of,
+            parents=parents,
         )
-        if push_requested:
+        if training_args.push_to_hub:  # our curated upload set; the trainer itself never pushes
             from hf_classifier.hub.publish import push_model_folder
 
             push_model_folder(
                 output_dir,
                 repo_id=training_args.hub_model_id or output_dir.name,
-                token=hub_token,
+                token=training_args.hub_token,
                 private=bool(training_args.hub_private_repo),
                 revision=training_args.hub_revision,
             )
     return TrainingOutcome(output_dir=output_dir, metrics=metrics, data=data)
-
-
-def check_streaming_arguments(args: ClassifierTrainingArguments) -> None:
-    """A stream has no length: training is counted in steps, and what needs the label counts or the
-    epochs up front is refused with the alternative. Epoch-based evaluation and saving become
-    step-based (every tenth of the run unless --eval_steps / --save_steps say otherwise)."""
-    from transformers.trainer_utils import IntervalStrategy, SaveStrategy
-
-    if args.max_steps is None or args.max_steps <= 0:
-        raise DataSourceError("--streaming needs --max_steps: a stream has no length to count epochs in.")
-    if args.finetune_strategy in ("freeze_then_unfreeze", "gradual_unfreeze"):
-        raise DataSourceError(
-            f"--finetune_strategy {args.finetune_strategy} counts epochs, which a stream does not have; "
-            "use full or linear_probe (with --layer_decay / --head_learning_rate) with --streaming."
-        )
-    if args.hierarchy == "experts":
-        raise DataSourceError(
-            "--hierarchy experts trains one model per phylum on that phylum's images, which a stream cannot "
-            "be divided into up front; use --hierarchy multitask (or none) with --streaming."
-        )
-    if args.class_weighting != "none" or args.balanced_sampler:
-        raise DataSourceError(
-            "--class_weighting and --balanced_sampler need the class counts up front, which a stream does "
-            "not give; leave them off with --streaming."
-        )
-    every = max(1, args.max_steps // 10)
-    if args.eval_strategy == IntervalStrategy.EPOCH:
-        args.eval_strategy = IntervalStrategy.STEPS
-        args.eval_steps = args.eval_steps if args.eval_steps and args.eval_steps >= 1 else every
-    if args.save_strategy == SaveStrategy.EPOCH:
-        args.save_strategy = SaveStrategy.STEPS
-        args.save_steps = args.eval_steps if args.eval_strategy == IntervalStrategy.STEPS else every
-    if args.logging_steps > args.max_steps:
-        args.logging_steps = every
-    # Each process reads its own shards (Accelerate's default would read the stream on the main
-    # process only and send the batches to the others).
-    args.accelerator_config.dispatch_batches = False
-
-
-def checkpoint_step(checkpoint: str) -> int:
-    """The optimizer step a checkpoint was saved at."""
-    state = Path(checkpoint, "trainer_state.json")
-    if state.is_file():
-        return int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0))
-    suffix = Path(checkpoint).name.rpartition("-")[2]
-    return int(suffix) if suffix.isdigit() else 0
-
-
-def checkpoint_to_resume(requested: str | None, output_dir: Path) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `true`/`last` for the output folder's last complete one,
-    or `false`/`never` to start afresh; without the flag, the last complete checkpoint in the output
-    folder (as the transformers example scripts do), so rerunning the same command after a crash
-    continues the run."""
-    if requested is not None and requested.lower() in ("false", "no", "never", "none"):
-        if complete_checkpoints(output_dir):
-            logger.warning(
-                "Starting afresh: the checkpoints in %s are not used and will be replaced.", output_dir
-            )
-        return None
-    if requested is None or requested.lower() in ("true", "last"):
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint:
-            # Saved optimizer and schedule states win over changed flags: say so loudly.
-            logger.warning(
-                "Resuming from %s, the last complete checkpoint in %s (pass --resume_from_checkpoint false "
-                "to start afresh instead).",
-                checkpoint,
-                output_dir,
-            )
-        elif requested is not None:
-            raise DataSourceError(
-                f"--resume_from_checkpoint {requested}: {output_dir} holds no complete checkpoint."
-            )
-        return checkpoint
-    folder = Path(requested)
-    if not folder.is_dir():
-        raise DataSourceError(f"--resume_from_checkpoint {requested}: no such folder.")
-    if not checkpoint_is_complete(folder):
-        if last := last_complete_checkpoint(folder):  # a run folder: take its last complete checkpoint
-            return last
-        logger.warning(
-            "%s is not marked complete (a run cut short while saving it, or another tool's checkpoint); "
-            "resuming from it anyway.",
-            folder,
-        )
-    return str(folder)
 
 
 def describe_run(
@@ -457,7 +350,7 @@ def describe_run(
     training_seconds: float,
     *,
     probabilities: dict[str, np.ndarray],
-    phylum_of: dict[str, str] | None = None,
+    parents: ParentLabels | None = None,
 ) -> None:
     """Write evaluation_<split>/ from the final evaluation's `probabilities` (by split, rows in the
     split's order, columns in `data.labels` order), record the run in training_summary.json, and
@@ -471,7 +364,7 @@ def describe_run(
             data.only(split),
             output_dir / f"evaluation_{split}",
             labels=data.labels,
-            phylum_of=phylum_of,
+            parents=parents,
             model_name=str(output_dir),
         )
     checkpoint = model_args.model_name_or_path
@@ -493,24 +386,61 @@ def describe_run(
     write_model_card(output_dir)
 
 
-def decide_find_unused_parameters(model: Any, args: ClassifierTrainingArguments, processor: Any) -> None:
-    """DDP's `find_unused_parameters`, when not given: on for the freezing strategies (set by the
-    arguments); for `full`, on only when one forward/backward pass leaves some parameter without a
-    gradient (e.g. DINOv2's mask_token). Off saves a graph traversal per step."""
+def training_dataset(
+    data: ImageData,
+    data_args: DataArguments,
+    training_args: ClassifierTrainingArguments,
+    transform: Any,
+    checkpoint: str | None,
+) -> Any:
+    """The training split as Trainer reads it, decoded and augmented on the fly in the loader workers.
+
+    A split on disk is read by SampleKey: each image's augmentation is a pure function of (seed, epoch,
+    sample), so a resumed run and any number of workers see the same inputs. A resumed stream is not
+    replayed up to the checkpoint (that would decode every image seen so far again): it starts at once,
+    in a new order drawn from the seed and the step."""
+    if not data_args.streaming:
+        return KeyedTrainingImages(
+            data.splits["train"].select_columns([IMAGE, LABEL]), transform, seed=training_args.seed
+        )
+    from hf_classifier.data.streaming import StreamTransform, check_shard_spread, training_stream
+
+    check_shard_spread(data.splits["train"], training_args)
+    seed = training_args.seed + (checkpoint_step(checkpoint) if checkpoint else 0)
+    stream = training_stream(data.splits["train"], seed=seed, buffer_size=data_args.shuffle_buffer_size)
+    return stream.map(
+        StreamTransform(
+            transform,
+            skip_bad=data_args.skip_bad_images,
+            record=str(Path(training_args.output_dir) / STREAMED_BAD_IMAGES),
+            seed=seed,
+            process_index=training_args.process_index,
+        ),
+        batched=True,
+        batch_size=training_args.per_device_train_batch_size,
+        remove_columns=stream.column_names,
+    )
+
+
+def find_unused_parameters(model: Any, args: ClassifierTrainingArguments, processor: Any) -> bool | None:
+    """DDP's `find_unused_parameters` when the flag left it open (None otherwise, and without DDP):
+    the freezing strategies set it on in the arguments; for `full`, on only when one forward/backward
+    pass leaves some parameter without a gradient (e.g. DINOv2's mask_token). Off saves a graph
+    traversal per step."""
     if args.ddp_find_unused_parameters is not None or args.world_size <= 1 or sharding_backend(args):
-        return  # DeepSpeed and FSDP do not use it
+        return None  # DeepSpeed and FSDP do not use it
     size = getattr(spec_from_processor(processor), "output_size", None)
     if size is None:
         configured = getattr(model.config, "image_size", 224)
         size = tuple(configured) if isinstance(configured, (list, tuple)) else (configured, configured)
     unused = parameters_without_gradient(model, size)
-    args.ddp_find_unused_parameters = bool(unused)
     if unused:
         logger.info(
             "DDP: find_unused_parameters on, %d parameter tensors get no gradient (%s).",
             len(unused),
             ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else ""),
         )
+    return bool(unused)
 
 
 def finetune_plan(model: Any, args: ClassifierTrainingArguments) -> FinetunePlan:

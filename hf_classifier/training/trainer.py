@@ -5,86 +5,48 @@
 - a loss with class weights, label smoothing and mixup / cutmix targets;
 - gradient health: per-depth gradient norms in the logs, a non-finite loss stops the run;
 - optional EMA weights (evaluated, checkpointed and saved) and a class-balanced sampler;
-- checkpoint weights restored through `from_pretrained` (see `modeling.load_saved_weights`);
+- checkpoint weights restored through `from_pretrained` (see `models.build.load_saved_weights`);
 - crash-safe outputs: files appear under their final names only when complete, and a checkpoint is
-  marked complete only after every process has written its part (resume uses marked ones only).
+  marked complete only after every process has written its part (resume uses marked ones only;
+  see `training.checkpoints`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from hf_classifier.data.sampling import EpochKeySampler, ShuffleSampler, step_rng
 from hf_classifier.io_utils import atomic_path, staging_folder, write_json
-from hf_classifier.models.build import AUXILIARY_HEAD, PHYLUM_LOGITS, PhylumHeadHooks, load_saved_weights
+from hf_classifier.models.build import load_saved_weights
 from hf_classifier.models.depth import gradient_norms_by_depth
 from hf_classifier.models.finetuning import SUPPORTED_SCHEDULES, FinetunePlan
 from hf_classifier.models.regularization import ClassBalancedSampler, Mixer, ModelEMA
+from hf_classifier.training.checkpoints import (
+    checkpoint_folder,
+    last_complete_checkpoint,
+    mark_complete,
+    mark_incomplete,
+    rotate_complete_checkpoints,
+)
 from hf_classifier.transforms.pipeline import Normalize
 
 logger = logging.getLogger(__name__)
 
 EMA_FILE = "ema.safetensors"
-PHYLUM_HEAD_FILE = "phylum_head.safetensors"
-CHECKPOINT_COMPLETE = "checkpoint_complete.json"
-
-
-def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
-    return Path(folder, CHECKPOINT_COMPLETE).is_file()
-
-
-def numbered_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The `checkpoint-N` folders of `output_dir`, complete or not, oldest (smallest N) first."""
-    folder = Path(output_dir)
-    steps = []
-    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else ():
-        suffix = path.name.rpartition("-")[2]
-        if path.is_dir() and suffix.isdigit():
-            steps.append((int(suffix), path))
-    return [path for _, path in sorted(steps)]
-
-
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The `checkpoint-N` folders of `output_dir` that were written to the end, oldest first."""
-    return [path for path in numbered_checkpoints(output_dir) if checkpoint_is_complete(path)]
-
-
-def rotate_complete_checkpoints(output_dir: str | os.PathLike, limit: int | None, best: str | None) -> None:
-    """Keep the newest `limit` complete checkpoints (and the best one); delete older complete ones."""
-    if not limit:
-        return
-    complete = complete_checkpoints(output_dir)
-    keep = set(complete[-limit:])
-    if best:
-        keep.add(Path(best))
-    for path in complete:
-        if path not in keep:
-            logger.info("Deleting older checkpoint %s (--save_total_limit %d).", path, limit)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest `checkpoint-N` in `output_dir` that was written to the end; the ones a crash cut
-    short are skipped, with a warning."""
-    for path in reversed(numbered_checkpoints(output_dir)):
-        if checkpoint_is_complete(path):
-            return str(path)
-        logger.warning("Skipping %s: it was not written to the end (the run stopped while saving it).", path)
-    return None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,35 +90,74 @@ class _PlanCallback(TrainerCallback):
             self.trainer.ema.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
 
+class _SafeCheckpointCallback(TrainerCallback):
+    """Around Trainer's log / evaluate / save, which follows the step's (or epoch's) callbacks: first
+    stop on a non-finite loss and unmark the folder about to be written; once saved, mark it complete.
+    Trainer's default flow callback, registered first, has set the control flags by then."""
+
+    def __init__(self, trainer: ImageClassificationTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.trainer.before_log_save_evaluate(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.trainer.before_log_save_evaluate(control)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.trainer.complete_checkpoint()
+
+
+class AuxiliaryTask(Protocol):
+    """An extra objective on an extra head (the label hierarchy's parent head, `hierarchy.multitask`):
+    its loss is added to the main one in training mode, and its head, the model's submodule
+    `head_name`, is checkpointed beside the model as `<head_name>.safetensors` (never saved in it)."""
+
+    head_name: str
+
+    def loss(self, outputs: Any, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The weighted extra loss, from the model's outputs and the batch's (possibly mixed) targets."""
+        ...
+
+
 class ImageClassificationTrainer(Trainer):
+    """`Trainer` with the additions listed at the top of this module. It works on its own copy of
+    `args` (the caller's object is left as it was), with what Trainer must not do itself turned off:
+    pushing to the Hub (`train` pushes one curated set at the end), keeping the Hub token (Trainer
+    pickles its arguments into training_args.bin), and rotating checkpoints (its rotation counts
+    folders still being written; `complete_checkpoint` rotates complete ones, `save_total_limit` of
+    them). `ddp_find_unused_parameters`, when given, fills in the flag left unset (see
+    `training.run.find_unused_parameters`)."""
+
     def __init__(
         self,
-        *args: Any,
+        *,
+        model: nn.Module,
+        args: TrainingArguments,
         normalizer: Normalize,
         plan: FinetunePlan,
         class_weights: torch.Tensor | None = None,
         mixer: Mixer | None = None,
         ema: ModelEMA | None = None,
         sampler_labels: list[int] | None = None,
-        phylum_head: PhylumHeadHooks | None = None,
-        phylum_index: torch.Tensor | None = None,
-        phylum_loss_weight: float = 0.3,
+        auxiliary_task: AuxiliaryTask | None = None,
         channels_last: bool = False,
+        ddp_find_unused_parameters: bool | None = None,
         **kwargs: Any,
     ):
-        super().__init__(*args, **kwargs)
+        own_args = copy.copy(args)
+        own_args.push_to_hub, own_args.hub_token, own_args.save_total_limit = False, None, None
+        if own_args.ddp_find_unused_parameters is None:
+            own_args.ddp_find_unused_parameters = ddp_find_unused_parameters
+        self.checkpoint_limit = args.save_total_limit
+        super().__init__(model=model, args=own_args, **kwargs)
         self.normalizer = normalizer
         self.plan = plan
         self.class_weights = class_weights
         self.mixer = mixer
         self.ema = ema
         self.sampler_labels = sampler_labels
-        # --hierarchy multitask: the auxiliary phylum head runs inside the model's forward.
-        self.phylum_head = phylum_head
-        self.family_to_phylum = (
-            nn.functional.one_hot(phylum_index).float() if phylum_index is not None else None
-        )
-        self.phylum_loss_weight = phylum_loss_weight
+        self.auxiliary_task = auxiliary_task
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         # ...so Trainer need not count the labels of every batch, and all-gather the counts across the
@@ -171,21 +172,36 @@ class ImageClassificationTrainer(Trainer):
         self._key_sampler: EpochKeySampler | None = None  # set when the train DataLoader is built
         self._micro_batch_step, self._micro_batch = -1, 0
         self.add_callback(_SampleEpochCallback(self))
+        self.add_callback(_SafeCheckpointCallback(self))
         if plan.freezes:
             _keep_frozen_batch_norms_in_eval_mode(self.model)
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        inputs = super()._prepare_inputs(inputs)
+    def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch as the model takes it: uint8 pixels normalised on the device, in the model's
+        memory format. Float pixels (already normalised) pass through."""
         # A model cast as a whole (DeepSpeed bf16, --bf16_full_eval) needs its own dtype as input;
         # under autocast the parameters stay fp32 and autocast casts.
         dtype = next(self.model.parameters()).dtype
-        inputs["pixel_values"] = self.normalizer(inputs["pixel_values"], dtype=dtype).contiguous(
-            memory_format=self.memory_format
-        )
-        return inputs
+        pixel_values = self.normalizer(inputs["pixel_values"].to(self.args.device), dtype=dtype)
+        return {**inputs, "pixel_values": pixel_values.contiguous(memory_format=self.memory_format)}
 
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> Any:
+        # Batches without labels go straight to the model, not through compute_loss.
+        return super().prediction_step(model, self.model_inputs(inputs), prediction_loss_only, ignore_keys)
+
+    # Kept override 1 of 3. Trainer (transformers 5.24) builds the training DataLoader's sampler in
+    # `_get_train_sampler`, from `train_sampling_strategy` only (random, sequential, by length); the
+    # public `get_train_dataloader` would have to rebuild the whole loader (workers, pinning, prefetch,
+    # worker seeding, Accelerate's sharding) to pass another. Guarded by
+    # tests/test_training.py::test_the_private_trainer_methods_we_override_still_do_what_we_work_around.
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """An order that depends only on (data seed, epoch). A data set read by `SampleKey`
         (`KeyedTrainingImages`) gets keys that carry the epoch to the workers, so that its
@@ -279,6 +295,7 @@ class ImageClassificationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
+        inputs = self.model_inputs(inputs)  # training batches (evaluation ones were, in prediction_step)
         labels = inputs["labels"]
         pixel_values = inputs["pixel_values"]
         targets: torch.Tensor = labels
@@ -293,20 +310,12 @@ class ImageClassificationTrainer(Trainer):
             weight=self.class_weights,
             label_smoothing=self.args.label_smoothing_factor,
         )
-        if model.training and self.phylum_head is not None:
-            loss = loss + self.phylum_loss_weight * self._phylum_loss(outputs, labels, targets)
+        if model.training and self.auxiliary_task is not None:
+            loss = loss + self.auxiliary_task.loss(outputs, labels, targets)
         if model.training:
             # Kept on the device (no sync per step); checked before anything is logged or saved.
             self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         return (loss, outputs) if return_outputs else loss
-
-    def _phylum_loss(self, outputs: Any, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        mapping = self.family_to_phylum = self.family_to_phylum.to(labels.device)
-        # Family targets (one-hot, smoothed or mixed) summed within each phylum.
-        family_targets = (
-            targets if targets.is_floating_point() else nn.functional.one_hot(labels, len(mapping)).float()
-        )
-        return nn.functional.cross_entropy(outputs[PHYLUM_LOGITS].float(), family_targets @ mapping)
 
     def record_gradient_norms(self) -> None:
         """Per-depth gradient norms for the next training log, read once Trainer has unscaled the
@@ -334,10 +343,17 @@ class ImageClassificationTrainer(Trainer):
             and (self.state.global_step + 1) % steps == 0
         )
 
-    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
-        if self.control.should_log or self.control.should_save or self.control.should_evaluate:
-            self.check_finite_loss()  # a device sync: only when something is about to be logged or saved
-        super()._maybe_log_save_evaluate(*args, **kwargs)
+    def before_log_save_evaluate(self, control: TrainerControl) -> None:
+        """Before Trainer logs, evaluates or saves (as `control` says): stop on a non-finite loss, and
+        unmark the checkpoint folder about to be written (a fresh run writing over an old run's folder:
+        it is not complete until marked again)."""
+        if not (control.should_log or control.should_save or control.should_evaluate):
+            return
+        self.check_finite_loss()  # a device sync: only when something is about to be logged or saved
+        # Under --save_strategy best, the evaluation about to run decides whether it saves.
+        best = self.args.save_strategy == SaveStrategy.BEST
+        if self.args.should_save and (control.should_save or (best and control.should_evaluate)):
+            mark_incomplete(checkpoint_folder(self.args.output_dir, self.state.global_step))
 
     def check_finite_loss(self) -> None:
         """Raise `NonFiniteLossError` if any training loss since the last check was NaN or infinite."""
@@ -394,45 +410,38 @@ class ImageClassificationTrainer(Trainer):
         states = {}
         if self.ema is not None:
             states[EMA_FILE] = self.ema
-        if self.phylum_head is not None:
-            states[PHYLUM_HEAD_FILE] = getattr(self.accelerator.unwrap_model(self.model), AUXILIARY_HEAD)
+        if self.auxiliary_task is not None:
+            head = self.auxiliary_task.head_name
+            states[f"{head}.safetensors"] = getattr(self.accelerator.unwrap_model(self.model), head)
         return states
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        self.check_finite_loss()
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save:  # a folder being rewritten is not complete until marked again
-            Path(folder, CHECKPOINT_COMPLETE).unlink(missing_ok=True)
-        # Old checkpoints are deleted only once the new one is marked complete (below), so a crash
-        # while saving always leaves a complete one behind.
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
+    def complete_checkpoint(self) -> None:
+        """After Trainer saved checkpoint-N: the extra states beside it, then the mark that makes it
+        complete, written once every process has written its part (RNG states, optimizer shards); only
+        then are older complete checkpoints deleted, so a crash while saving always leaves one behind."""
+        folder = checkpoint_folder(self.args.output_dir, self.state.global_step)
         if self.args.should_save:
             for filename, holder in self._extra_states().items():
                 state = {k: v.detach().cpu().contiguous() for k, v in holder.state_dict().items()}
-                with atomic_path(os.path.join(folder, filename)) as temporary:
+                with atomic_path(folder / filename) as temporary:
                     save_file(state, temporary)
-        # Every process has written its part (RNG states, optimizer shards) before the mark.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            write_json(
-                os.path.join(folder, CHECKPOINT_COMPLETE),
-                {"global_step": self.state.global_step, "epoch": self.state.epoch},
+            mark_complete(folder, self.state.global_step, self.state.epoch)
+            rotate_complete_checkpoints(
+                self.args.output_dir, self.checkpoint_limit, self.state.best_model_checkpoint
             )
-            rotate_complete_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
 
     # ---- crash-safe outputs ----------------------------------------------------------------------
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (weights, config, processor) where it ends; its files appear under their
+        final names only once all are written (they are written to a staging folder first)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # this process writes nothing (it may join collective gathers)
+            return super().save_model(output_dir, _internal_call)
         with staging_folder(output_dir) as staging:
-            super()._save(str(staging), state_dict)
+            super().save_model(str(staging), _internal_call)
 
     def save_state(self) -> None:
         if self.is_world_process_zero():
@@ -454,8 +463,12 @@ class ImageClassificationTrainer(Trainer):
             if os.path.isfile(path):
                 holder.load_state_dict(load_file(path))
 
-    # Trainer restores weights with a plain load_state_dict, which loads nothing for architectures
-    # whose saved key names differ from their in-memory ones (see modeling.load_saved_weights).
+    # Kept overrides 2 and 3 of 3. Trainer (transformers 5.24) restores the weights of a resumed
+    # checkpoint (`_load_from_checkpoint`) and of the best one (`_load_best_model`) with a plain
+    # `load_state_dict(strict=False)`, while `save_pretrained` writes ViT, Swin, DINOv2 and BEiT under
+    # their legacy key names: no key matches and nothing is loaded (a warning, no error). No public
+    # hook runs instead of these loads. Guarded by
+    # tests/test_training.py::test_the_private_trainer_methods_we_override_still_do_what_we_work_around.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if model is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             super()._load_from_checkpoint(resume_from_checkpoint, model)

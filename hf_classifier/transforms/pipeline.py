@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from hf_classifier.data.images import DecodedImage, ImageSource, decode_image
 from hf_classifier.data.sampling import SampleKey, as_sample_key, sample_rng
-from hf_classifier.data.sources import IMAGE, LABEL
+from hf_classifier.data.schema import IMAGE, LABEL
 
 # JPEG drafts decode at least this much larger than the target, so that PIL's antialiased resize, not the
 # DCT scaling alone, does the last step (measured: 49-52 dB PSNR against a full decode).
@@ -217,6 +217,8 @@ class AugmentationPreset:
     trivial_augment: bool = False  # one TrivialAugment-style operation of random strength
 
 
+Augmentation = Literal["none", "light", "medium", "strong"]
+# One preset per name in `Augmentation`, the --augmentation choices (tests/test_arguments.py checks it).
 AUGMENTATION_PRESETS: dict[str, AugmentationPreset] = {
     "none": AugmentationPreset(),
     "light": AugmentationPreset(crop_scale=(0.5, 1.0), horizontal_flip=True),

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from hf_classifier.data.images import open_image
-from hf_classifier.data.sources import IMAGE, LABEL, ImageData
+from hf_classifier.data.schema import IMAGE, LABEL, ImageData
 from hf_classifier.evaluation.plots import image_grid
 from hf_classifier.transforms.pipeline import (
     ImageTransform,

@@ -1,16 +1,21 @@
-"""Per-class counting shared by the precision, recall and f1 metric modules."""
+"""The base of the bundled metric modules: evaluate's boilerplate, written once. The figures come from
+`hf_classifier.evaluation.metrics`, the functions `Trainer`, `evaluate` and `compare` use."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import Any
 
 import datasets
 import evaluate
 import numpy as np
 
+from hf_classifier.evaluation import metrics
+
+LABEL = datasets.Value("int64")
+SCORES = datasets.Sequence(datasets.Value("float32"))
 AVERAGES = ("macro", "weighted", "micro", None)
 
-INPUTS_DESCRIPTION = """
+SCORE_INPUTS = """
 Args:
     predictions (list of int): predicted labels.
     references (list of int): true labels.
@@ -24,70 +29,51 @@ Returns:
 """
 
 
-def per_class_counts(
-    predictions: Sequence[int], references: Sequence[int], labels: Sequence[int] | None = None
-):
-    """(true positives, predicted count, support) per class, as float arrays in `labels` order."""
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    labels = np.union1d(predictions, references) if labels is None else np.asarray(labels)
-    true_positive = np.array(
-        [np.sum((predictions == c) & (references == c)) for c in labels], dtype=np.float64
-    )
-    predicted = np.array([np.sum(predictions == c) for c in labels], dtype=np.float64)
-    support = np.array([np.sum(references == c) for c in labels], dtype=np.float64)
-    return true_positive, predicted, support
+class BundledMetric(evaluate.Metric):
+    """Subclasses set `metric_description`, `metric_inputs` (and `prediction_feature` when the
+    predictions are scores, not labels) and define `_compute`.
 
+    Metric scripts import this module, not its classes: evaluate takes the first Metric class it finds
+    in a script as the script's metric."""
 
-def safe_divide(numerator, denominator, zero_division: float) -> np.ndarray:
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
-    out = np.full(numerator.shape, float(zero_division))
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
-
-
-# score(true_positive, predicted, support, zero_division) -> per-class values
-Score = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
-
-
-class ClassificationScore(evaluate.Metric):
-    """Base of precision / recall / f1: subclasses set `metric_name`, `metric_description` and `score`.
-
-    Metric scripts import this module, not this class: evaluate takes the first Metric class it finds
-    in a script as the script's metric.
-    """
-
-    metric_name: str
     metric_description: str
-    score: Score
+    metric_inputs: str
+    prediction_feature: Any = LABEL
 
-    def _info(self):
+    def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=self.metric_description,
             citation="",
-            inputs_description=INPUTS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            inputs_description=self.metric_inputs,
+            features=datasets.Features({"predictions": self.prediction_feature, "references": LABEL}),
         )
+
+
+class ClassificationScore(BundledMetric):
+    """precision, recall or f1 (`metric_name`, a key of `metrics.PER_CLASS`), per class or averaged."""
+
+    metric_name: str
+    metric_inputs = SCORE_INPUTS
 
     def _compute(self, predictions, references, average="macro", labels=None, zero_division=0.0):
         if average not in AVERAGES:
             raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-        true_positive, predicted, support = per_class_counts(predictions, references, labels)
-        score = type(self).score
+        labels = np.union1d(predictions, references) if labels is None else np.asarray(labels)
+        position = {label: i for i, label in enumerate(labels.tolist())}
+
+        def positions(values: Any) -> np.ndarray:  # -1 for a label not listed: not counted
+            return np.array([position.get(v, -1) for v in np.asarray(values).tolist()], dtype=np.int64)
+
+        counts = metrics.class_counts(positions(predictions), positions(references), len(labels))
         if average == "micro":
-            values = score(
-                true_positive.sum(keepdims=True),
-                predicted.sum(keepdims=True),
-                support.sum(keepdims=True),
-                zero_division,
-            )
-            return {self.metric_name: float(values[0])}
-        values = score(true_positive, predicted, support, zero_division)
+            counts = metrics.ClassCounts(*(c.sum(keepdims=True) for c in counts))
+        values = metrics.PER_CLASS[self.metric_name](counts, zero_division)
         if average is None:
             return {self.metric_name: values.tolist()}
-        if average == "macro":
+        if average == "micro":
+            return {self.metric_name: float(values[0])}
+        if average == "macro":  # every listed class counts, even one that never occurs
             return {self.metric_name: float(values.mean()) if len(values) else 0.0}
-        total = support.sum()
-        return {self.metric_name: float((values * support).sum() / total) if total else float(zero_division)}
+        if not counts.support.sum():
+            return {self.metric_name: float(zero_division)}
+        return {self.metric_name: float(metrics.weighted_average(values, counts))}

@@ -1,11 +1,12 @@
-"""Accuracy: the share of predictions equal to the reference label."""
+"""Accuracy = correct predictions / all predictions."""
 
-import datasets
-import evaluate
-import numpy as np
+from hf_classifier.evaluation import metrics
+from hf_classifier.evaluation.metric_modules import _classification
 
-_DESCRIPTION = "Accuracy = correct predictions / all predictions."
-_INPUTS = """
+
+class Accuracy(_classification.BundledMetric):
+    metric_description = __doc__
+    metric_inputs = """
 Args:
     predictions (list of int): predicted labels.
     references (list of int): true labels.
@@ -13,18 +14,5 @@ Returns:
     accuracy (float): between 0 and 1.
 """
 
-
-class Accuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
-
     def _compute(self, predictions, references):
-        predictions, references = np.asarray(predictions), np.asarray(references)
-        return {"accuracy": float((predictions == references).mean()) if len(references) else 0.0}
+        return {"accuracy": metrics.accuracy(predictions, references)}

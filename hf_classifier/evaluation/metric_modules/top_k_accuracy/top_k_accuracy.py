@@ -1,11 +1,12 @@
-"""Top-k accuracy: the share of examples whose true label is among the k highest scores."""
+"""Top-k accuracy = examples whose reference is among the k best-scored labels / all examples."""
 
-import datasets
-import evaluate
-import numpy as np
+from hf_classifier.evaluation import metrics
+from hf_classifier.evaluation.metric_modules import _classification
 
-_DESCRIPTION = "Top-k accuracy = examples whose reference is among the k best-scored labels / all examples."
-_INPUTS = """
+
+class TopKAccuracy(_classification.BundledMetric):
+    metric_description = __doc__
+    metric_inputs = """
 Args:
     predictions (list of list of float): one score (logit or probability) per label for each example.
     references (list of int): true labels.
@@ -13,29 +14,7 @@ Args:
 Returns:
     top_k_accuracy (float): between 0 and 1.
 """
+    prediction_feature = _classification.SCORES
 
-
-class TopKAccuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float32")),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-        )
-
-    def _compute(self, predictions, references, k=5):
-        scores, references = np.asarray(predictions, dtype=np.float64), np.asarray(references)
-        if len(references) == 0:
-            return {"top_k_accuracy": 0.0}
-        k = min(k, scores.shape[1])
-        # A tie at the k-th score counts as a hit only if the reference scores strictly above the
-        # (k+1)-th best, i.e. rank = number of labels scored strictly higher than the reference.
-        reference_scores = scores[np.arange(len(references)), references]
-        rank = (scores > reference_scores[:, None]).sum(axis=1)
-        return {"top_k_accuracy": float((rank < k).mean())}
+    def _compute(self, predictions, references, k=metrics.TOP_K):
+        return {"top_k_accuracy": metrics.top_k_accuracy(predictions, references, k)}
