@@ -41,7 +41,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_classifier.training import run as training  # noqa: E402
 from hf_classifier.cli.arguments import (  # noqa: E402
     ClassifierTrainingArguments,
     DataArguments,
@@ -49,6 +48,7 @@ from hf_classifier.cli.arguments import (  # noqa: E402
     parse_args,
 )
 from hf_classifier.io_utils import write_json, write_text  # noqa: E402
+from hf_classifier.training import run as training  # noqa: E402
 from hf_classifier.transforms.pipeline import AUGMENTATION_PRESETS, AugmentationPreset  # noqa: E402
 
 # torchvision's RandomResizedCrop defaults + RandomHorizontalFlip: the example script's training transform.

@@ -54,6 +54,8 @@ def test_quickstart_learns_the_embedded_data_well_above_chance(tmp_path):
     with (model / "bad_images.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 2  # the planted empty and truncated files
     assert json.loads((model / "config.json").read_text())["hf_classifier"]["label_name"] == "family"
+    # Prepared copies of the drawn data stay beside it, not in the user's cache (redrawn on every run).
+    assert any((tmp_path / "qs" / "prepared").rglob("data*.arrow"))
     with result.predictions.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 48 and list(rows[0])[:4] == ["id", "family", "phylum", "score"]

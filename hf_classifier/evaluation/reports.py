@@ -35,7 +35,6 @@ from hf_classifier.evaluation.metrics import (
 from hf_classifier.evaluation.plots import INK, font, heatmap, image_grid, side_by_side
 from hf_classifier.hierarchy import ParentLabels
 from hf_classifier.hierarchy.levels import parent_labels
-from hf_classifier.hub.card import md_cell
 from hf_classifier.io_utils import write_csv, write_json, write_png, write_text
 from hf_classifier.training.distributed import is_main_process
 
@@ -44,6 +43,11 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 EVALUATION_OPTIONS = InferenceOptions(batch_size=64, progress=True)
 TOP_CONFUSIONS = 20
+
+
+def md_cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def classification_report(

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_classifier.data.schema import LABEL, ImageData
 from hf_classifier.evaluation.metrics import weakest_classes
+from hf_classifier.evaluation.reports import md_cell
 from hf_classifier.hierarchy import ParentLabels
 from hf_classifier.io_utils import write_json, write_text
 from hf_classifier.transforms.pipeline import PreprocessSpec, describe_preset, spec_from_processor
@@ -349,11 +350,6 @@ def _processor_spec(model_dir: Path) -> PreprocessSpec | None:
         return spec_from_processor(load_image_processor(str(model_dir)))
     except OSError:
         return None
-
-
-def md_cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def describe_preprocessing(spec: PreprocessSpec | None) -> str:

@@ -99,6 +99,8 @@ def run_quickstart(args: QuickstartArguments) -> QuickstartResult:
             skip_bad_images=True,
             augmentation="light",
             card_dataset_id="none",
+            # The data is drawn anew on every run: its prepared copies belong with it, not in the user's cache.
+            prepared_cache_dir=str(out / "prepared"),
         ),  # drawn data, not Rare Species
         ModelArguments(model_name_or_path=checkpoint, from_config=from_scratch),
         ClassifierTrainingArguments(
