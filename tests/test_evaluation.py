@@ -40,12 +40,6 @@ def read(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def predict_rows(model: Path, csv_path: Path, output: Path) -> list[dict]:
-    """`predict` on a metadata CSV: it must succeed; the rows it wrote."""
-    assert main(["predict", "--model", str(model), "--input", str(csv_path), "--output", str(output)]) == 0
-    return read(output)
-
-
 def recomputed_macro_f1(rows: list[dict]) -> float:
     """Macro-F1 of `true` / `predicted` rows (over the classes present in either), by hand."""
     names = sorted({r["true"] for r in rows} | {r["predicted"] for r in rows})
@@ -138,7 +132,21 @@ def family_model(trained_model) -> Path:
 def test_phylum_map_is_saved_and_predict_writes_a_phylum_column(family_model, clean_demo_data, tmp_path):
     config = json.loads((family_model / "config.json").read_text())
     assert config["hf_classifier"]["phylum_of"] == {f.family: f.phylum for f in clean_demo_data.families}
-    rows = predict_rows(family_model, clean_demo_data.metadata_csv, tmp_path / "p.csv")
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(family_model),
+                "--input",
+                str(clean_demo_data.metadata_csv),
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
+    rows = read(tmp_path / "p.csv")
     phylum_of = config["hf_classifier"]["phylum_of"]
     assert all(row["phylum"] == phylum_of[row["family"]] for row in rows)
 
@@ -289,7 +297,21 @@ def test_experts_route_each_image_to_the_family_model_of_its_phylum(
         outside = [i for i in range(len(predictor.labels)) if i not in inside]
         assert row[outside].sum() == 0 and 0 < row[inside].sum() <= 1 + 1e-6
 
-    rows = predict_rows(out, clean_demo_data.metadata_csv, tmp_path / "p.csv")
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(out),
+                "--input",
+                str(clean_demo_data.metadata_csv),
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
+    rows = read(tmp_path / "p.csv")
     assert list(rows[0])[:4] == ["id", "family", "phylum", "score"]
     assert all(row["phylum"] == spec["phylum_of"][row["family"]] for row in rows if not row["error"])
 
