@@ -2,7 +2,7 @@
 """End to end, side by side: `hf-classifier train` against the transformers example script's logic
 (examples/pytorch/image-classification/run_image_classification.py), same weights, data and settings.
 
-    /work/venv-peer/bin/python benchmarks/peer_example.py --data_dir ../shared/data/hymenoptera \\
+    ../venv-peer/bin/python benchmarks/peer_example.py --data_dir ../shared/data/hymenoptera \\
         --model ../shared/models/vit_tiny_patch16_224 --repeats 2 --json benchmarks/results/peer_example.json
 
 The example's side needs torchvision, which the project does not: run this script with a Python that has
