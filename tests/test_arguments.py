@@ -29,7 +29,7 @@ from hf_classifier.cli.arguments import (
 )
 from hf_classifier.data import inspection, splits
 from hf_classifier.data.sources import load_image_data
-from hf_classifier.evaluation import inference, predictions, reports
+from hf_classifier.evaluation import options, predictions, reports
 from hf_classifier.hub import publish
 from hf_classifier.models import finetuning, regularization
 from hf_classifier.transforms import pipeline, preview
@@ -47,11 +47,11 @@ def cli_choices(dataclass_types: tuple[type, ...], flag: str) -> tuple[str, ...]
         ((AugmentPreviewArguments,), "augmentation", tuple(pipeline.AUGMENTATION_PRESETS)),
         (TRAIN_ARGS, "finetune_strategy", finetuning.STRATEGIES),
         (TRAIN_ARGS, "class_weighting", regularization.CLASS_WEIGHTINGS),
-        ((PredictArguments,), "tta", inference.TTA_MODES),
-        ((EvaluateArguments,), "tta", inference.TTA_MODES),
-        ((PredictArguments,), "precision", inference.PRECISIONS),
-        ((EvaluateArguments,), "precision", inference.PRECISIONS),
-        ((PredictArguments,), "device", get_args(inference.Device)),
+        ((PredictArguments,), "tta", options.TTA_MODES),
+        ((EvaluateArguments,), "tta", options.TTA_MODES),
+        ((PredictArguments,), "precision", options.PRECISIONS),
+        ((EvaluateArguments,), "precision", options.PRECISIONS),
+        ((PredictArguments,), "device", get_args(options.Device)),
         (TRAIN_ARGS, "hierarchy", tuple(hierarchy.STRATEGY_HIERARCHY.values())),
     ],
 )
@@ -69,7 +69,7 @@ def test_a_value_outside_the_choices_is_one_line_naming_them():
 def test_predict_and_evaluate_share_the_inference_flags():
     shared = {field.name for field in fields(InferenceArguments)}
     # Every option of the inference engine that a user sets is one of the shared flags.
-    assert shared == {field.name for field in fields(inference.InferenceOptions)} - {
+    assert shared == {field.name for field in fields(options.InferenceOptions)} - {
         "progress",
         "distributed",
     }
@@ -80,7 +80,7 @@ def test_predict_and_evaluate_share_the_inference_flags():
         for kind in (PredictArguments, EvaluateArguments)
     }
     assert help_of[PredictArguments] == help_of[EvaluateArguments]
-    assert inference.InferenceOptions.of(evaluate).batch_size == 64
+    assert options.InferenceOptions.of(evaluate).batch_size == 64
 
 
 def test_unknown_compare_strategies_stop_at_the_flags(capsys):

@@ -21,7 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from hf_classifier.data.images import available_cpus
 from hf_classifier.data.schema import ImageData
 from hf_classifier.data.sources import load_image_data
-from hf_classifier.evaluation.inference import Device, Precision, Tta
+from hf_classifier.evaluation.options import Device, Precision, Tta
 from hf_classifier.hierarchy import DEFAULT_PARENT_COLUMN, STRATEGY_HIERARCHY, Hierarchy
 from hf_classifier.models.finetuning import FinetuneStrategy
 from hf_classifier.models.regularization import ClassWeighting

@@ -9,9 +9,9 @@ import contextlib
 import json
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import AutoModelForImageClassification
 
 from hf_classifier.data.images import BadImageError, ImageSource
+from hf_classifier.evaluation.options import InferenceOptions, Precision
 from hf_classifier.hierarchy import ParentLabels
 from hf_classifier.models.build import CONFIG_KEY, is_conv_net, load_from_hub, load_image_processor
 from hf_classifier.training.distributed import process_state
@@ -132,41 +133,7 @@ def load_predictor(path: str | Path) -> Predictor:
 # ---------------------------------------------------------------------------------------------
 # Batched inference: `predict`, `evaluate` and the experts' evaluation all classify through here
 
-Tta = Literal["none", "flip"]
-TTA_MODES: tuple[Tta, ...] = get_args(Tta)
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
-Device = Literal["auto", "cpu", "cuda", "mps"]
 COPIES_IN_FLIGHT = 4  # batches whose probabilities are still on their way to the host
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How `classify` runs: the flags `predict` and `evaluate` share (of the same names), passed whole.
-
-    `tta="flip"` averages the probabilities of the image and its mirror image. `precision="auto"`: bf16
-    on a GPU that has it, fp32 elsewhere. `distributed`: under `accelerate launch`/`torchrun`, the
-    processes share the images (see `classify`)."""
-
-    batch_size: int = 32
-    device: Device = "auto"
-    num_workers: int = 0
-    tta: Tta = "none"
-    precision: Precision = "auto"
-    progress: bool = False
-    distributed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.tta not in TTA_MODES:
-            raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    @classmethod
-    def of(cls, arguments: Any, **overrides: Any) -> InferenceOptions:
-        """The options among `arguments`' attributes (e.g. the predict or evaluate flags), with `overrides`."""
-        values = {f.name: getattr(arguments, f.name) for f in fields(cls) if hasattr(arguments, f.name)}
-        return cls(**{**values, **overrides})
 
 
 class _DecodedImages(Dataset):

@@ -18,6 +18,7 @@ from hf_classifier.hub.offline import (
     unavailable_message,
     use_local_files_only,
 )
+from hf_classifier.models.depth import AUXILIARY_HEADS, find_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ def is_conv_net(model: nn.Module) -> bool:
 
 
 AUXILIARY_LOGITS = "auxiliary_logits"
-# The model attribute listing its auxiliary heads' module names (the fine-tuning plan trains them as heads).
-AUXILIARY_HEADS = "auxiliary_heads"
 
 
 class AuxiliaryHeadHooks:
@@ -235,25 +234,6 @@ def parameters_without_gradient(model: nn.Module, image_size: tuple[int, int]) -
                 buffer.copy_(buffers[name])
         for name, tensor in model.named_parameters():
             tensor.grad = grads[name]
-
-
-def find_classifier(model: nn.Module, num_labels: int) -> nn.Module:
-    """The output layer: the last Linear (or 1x1 Conv) module with `num_labels` outputs."""
-    candidates = [
-        module
-        for module in model.modules()
-        if (isinstance(module, nn.Linear) and module.out_features == num_labels)
-        or (
-            isinstance(module, nn.Conv2d)
-            and module.out_channels == num_labels
-            and module.kernel_size == (1, 1)
-        )
-    ]
-    if not candidates:
-        raise ValueError(
-            f"Cannot find the classification layer of {type(model).__name__} (no Linear with {num_labels} outputs)."
-        )
-    return candidates[-1]
 
 
 @torch.no_grad()

@@ -17,9 +17,30 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hf_classifier.models.build import AUXILIARY_HEADS, find_classifier
-
 SEQUENCE_CONTAINERS = (nn.ModuleList, nn.Sequential)
+
+
+# The attribute of a model that names its extra heads (e.g. --hierarchy multitask): they train with the head.
+AUXILIARY_HEADS = "auxiliary_heads"
+
+
+def find_classifier(model: nn.Module, num_labels: int) -> nn.Module:
+    """The output layer: the last Linear (or 1x1 Conv) module with `num_labels` outputs."""
+    candidates = [
+        module
+        for module in model.modules()
+        if (isinstance(module, nn.Linear) and module.out_features == num_labels)
+        or (
+            isinstance(module, nn.Conv2d)
+            and module.out_channels == num_labels
+            and module.kernel_size == (1, 1)
+        )
+    ]
+    if not candidates:
+        raise ValueError(
+            f"Cannot find the classification layer of {type(model).__name__} (no Linear with {num_labels} outputs)."
+        )
+    return candidates[-1]
 
 
 class UnsupportedArchitectureError(ValueError):
