@@ -7,7 +7,6 @@ processes, gather the probabilities, and only the main process writes files.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -22,13 +21,3 @@ def process_state() -> PartialState:
 
 def is_main_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or process_state().is_main_process
-
-
-def gather_from_processes(value: Any) -> list[Any]:
-    """Every process's `value` (any picklable object), in process order, on every process."""
-    state = process_state()
-    if state.num_processes == 1:
-        return [value]
-    gathered: list[Any] = [None] * state.num_processes
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
