@@ -175,6 +175,19 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+def merge_stored_runs(rows: list[dict], path: str | Path) -> None:
+    """Add to `rows` the runs that `path` holds and they lack (matched by row name and seed)."""
+    if not Path(path).is_file():
+        return
+    stored = {row["name"]: row["runs"] for row in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]}
+    for row in rows:
+        seeds = {run["seed"] for run in row["runs"]}
+        row["runs"] += [run for run in stored.get(row["name"], []) if run["seed"] not in seeds]
+        row["runs"].sort(key=lambda run: run["seed"])
+        if row["runs"]:
+            row["summary"] = summarise(row["runs"])
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One line per row that has runs; `seeds` says how many (a benchmark cut short has fewer)."""
     lines = [
@@ -227,6 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "recipes_prepared"))
     parser.add_argument("--json", required=True, help="Results file (rewritten after every row).")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Keep the runs already in --json and run only the missing (row, seed) pairs; the file is "
+        "re-read before every write, so processes with different --seeds can share it.",
+    )
     args = parser.parse_args(argv)
     if bool(args.data_dir) == bool(args.metadata_csv):
         parser.error("give exactly one of --data_dir and --metadata_csv")
@@ -259,11 +278,18 @@ def main(argv: list[str] | None = None) -> None:
         for name, flags, augmentation in recipe_rows(args)
     ]
     results["rows"] = rows
+    if args.resume:
+        merge_stored_runs(rows, args.json)
     # Seed by seed over all rows, so that a run cut short still compares every row.
     for seed in seeds:
         for row in rows:
+            if any(run["seed"] == seed for run in row["runs"]):
+                continue
             row["runs"].append(run_once(args, row["flags"], row["augmentation"], seed, data))
+            if args.resume:
+                merge_stored_runs(rows, args.json)
             row["summary"] = summarise(row["runs"])
+            results["seeds"] = sorted({run["seed"] for row in rows for run in row["runs"]})
             results["total_seconds"] = round(time.perf_counter() - started, 1)
             write_json(args.json, results)
             print(f"seed {seed}, {row['name']}: {row['runs'][-1]}", flush=True)

@@ -134,3 +134,28 @@ def test_forward_only_feeds_each_model_its_own_image_size(tmp_path):
     assert (
         predict_throughput.forward_only(tmp_path / "vit-test", batch_size=2, images=2, precision="fp32") > 0
     )
+
+
+def test_recipes_resume_adds_the_stored_runs_a_row_lacks(tmp_path):
+    """A grid continued later, or split over processes by seed, must neither lose nor double a run."""
+    import recipes
+
+    def run(seed: int, f1: float = 0.9) -> dict:
+        return {"seed": seed, "f1_macro": f1, "accuracy": f1, "seconds": 1.0, "cpu_seconds": 1.0}
+
+    path = tmp_path / "results.json"
+    stored = [
+        {"name": "full", "runs": [run(2, 0.8), run(0, 1.0)]},
+        {"name": "linear_probe", "runs": [run(1)]},
+    ]
+    path.write_text(json.dumps({"rows": stored}))
+    rows = [
+        {"name": "full", "runs": [run(1, 0.9)]},
+        {"name": "linear_probe", "runs": [run(1, 0.5)]},
+        {"name": "gradual_unfreeze", "runs": []},
+    ]
+    recipes.merge_stored_runs(rows, path)
+    assert [r["seed"] for r in rows[0]["runs"]] == [0, 1, 2]
+    assert rows[0]["summary"]["f1_macro_mean"] == 0.9
+    assert rows[1]["runs"] == [run(1, 0.5)]  # this process's own run of a seed is kept, not doubled
+    assert rows[2]["runs"] == [] and "summary" not in rows[2]

@@ -41,6 +41,7 @@ def test_freezing_strategies_under_two_processes(strategy, vit_checkpoint, tmp_p
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # identical weights on both processes after every epoch
     epochs = ranks[0]
+    assert epochs.pop("exit_release_registered") is True  # train() arranged a clean exit
     trainable = [epochs[str(epoch)]["trainable"] for epoch in (1, 2, 3)]
     assert trainable[0] == 2  # the head only
     if strategy == "freeze_then_unfreeze":
@@ -172,6 +173,35 @@ def test_two_process_streaming_reads_each_shard_once(vit_checkpoint, tmp_path):
     ]
     assert len(opened[0]) == len(opened[1]) == 2 and not opened[0] & opened[1]
     assert opened[0] | opened[1] == {f"train-{i:05d}.tar" for i in range(4)}
+
+
+def test_release_at_exit_destroys_the_group_once_registered(monkeypatch, tmp_path):
+    """Several processes: the exit handler is registered once and destroys the process group (left
+    to the interpreter's teardown, gloo's threads abort a process that succeeded)."""
+    import torch.distributed as dist
+
+    from hf_classifier.training import distributed
+
+    handlers = []
+    monkeypatch.setattr(distributed.atexit, "register", handlers.append)
+    monkeypatch.setattr(distributed, "_release_registered", False)
+    monkeypatch.setattr(distributed, "_THREAD_GRACE_SECONDS", 0.0)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.release_process_group_at_exit()
+    assert handlers == []  # one process: nothing to release
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.release_process_group_at_exit()
+    distributed.release_process_group_at_exit()
+    assert len(handlers) == 1
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        dist.all_reduce(torch.ones(3))
+        handlers[0]()
+        assert not dist.is_initialized()
+        handlers[0]()  # a second call (the caller destroyed the group already) is harmless
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_example_accelerate_configs_load_with_accelerate():

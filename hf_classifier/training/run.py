@@ -48,6 +48,7 @@ from hf_classifier.models.depth import UnsupportedArchitectureError, flat_depth_
 from hf_classifier.models.finetuning import FinetunePlan, describe_plan
 from hf_classifier.models.regularization import Mixer, ModelEMA, class_weights
 from hf_classifier.training.checkpoints import checkpoint_step, checkpoint_to_resume
+from hf_classifier.training.distributed import release_process_group_at_exit
 from hf_classifier.training.trainer import ImageClassificationTrainer
 from hf_classifier.transforms.pipeline import (
     ExampleTransform,
@@ -203,6 +204,7 @@ def train(
         )
     started = time.time()
     set_seed(training_args.seed)
+    release_process_group_at_exit()  # several processes: exit cleanly once training is done
     output_dir = Path(training_args.output_dir)
     if training_args.push_to_hub and training_args.should_save:
         from hf_classifier.hub.publish import check_can_push

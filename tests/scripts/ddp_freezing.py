@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from hf_classifier.cli.arguments import ClassifierTrainingArguments, DataArguments, ModelArguments, parse_args
+from hf_classifier.training import distributed
 from hf_classifier.training.run import train
 
 
@@ -24,6 +25,7 @@ class Checksums(TrainerCallback):
         }
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.epochs["exit_release_registered"] = distributed._release_registered
         (self.out / f"rank{args.process_index}.json").write_text(json.dumps(self.epochs))
 
 
