@@ -176,16 +176,25 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def merge_stored_runs(rows: list[dict], path: str | Path) -> None:
-    """Add to `rows` the runs that `path` holds and they lack (matched by row name and seed)."""
+    """Add to `rows` the runs that `path` holds and they lack (matched by row name and seed), and the
+    stored rows this process does not run (`--rows`), in the file's order: nothing stored is dropped."""
     if not Path(path).is_file():
         return
-    stored = {row["name"]: row["runs"] for row in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]}
-    for row in rows:
+    stored = json.loads(Path(path).read_text(encoding="utf-8"))["rows"]
+    ours = {row["name"]: row for row in rows}
+    for stored_row in stored:
+        row = ours.get(stored_row["name"])
+        if row is None:
+            continue
         seeds = {run["seed"] for run in row["runs"]}
-        row["runs"] += [run for run in stored.get(row["name"], []) if run["seed"] not in seeds]
+        row["runs"] += [run for run in stored_row["runs"] if run["seed"] not in seeds]
         row["runs"].sort(key=lambda run: run["seed"])
         if row["runs"]:
             row["summary"] = summarise(row["runs"])
+    stored_names = {row["name"] for row in stored}
+    rows[:] = [ours.get(row["name"], row) for row in stored] + [
+        row for row in rows if row["name"] not in stored_names
+    ]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -198,10 +207,14 @@ def markdown_table(rows: list[dict]) -> str:
         if not row["runs"]:
             continue
         s = summarise(row["runs"])
+        single = len(row["runs"]) == 1  # one run has no spread: do not print a zero sd
+        f1, accuracy = (
+            f"{s[key + '_mean']:.3f}" + ("" if single else f" ± {s[key + '_sd']:.3f}")
+            for key in ("f1_macro", "accuracy")
+        )
         lines.append(
             f"| {row['name']} | {row['augmentation']} | {len(row['runs'])} "
-            f"| {s['f1_macro_mean']:.3f} ± {s['f1_macro_sd']:.3f} "
-            f"| {s['accuracy_mean']:.3f} ± {s['accuracy_sd']:.3f} | {s['seconds_per_run']:.0f} "
+            f"| {f1} | {accuracy} | {s['seconds_per_run']:.0f} "
             f"| {s['cpu_seconds_per_run']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -278,11 +291,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, flags, augmentation in recipe_rows(args)
     ]
     results["rows"] = rows
+    to_run = list(rows)  # merging may add rows that other processes run
     if args.resume:
         merge_stored_runs(rows, args.json)
     # Seed by seed over all rows, so that a run cut short still compares every row.
     for seed in seeds:
-        for row in rows:
+        for row in to_run:
             if any(run["seed"] == seed for run in row["runs"]):
                 continue
             row["runs"].append(run_once(args, row["flags"], row["augmentation"], seed, data))

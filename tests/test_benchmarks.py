@@ -159,3 +159,27 @@ def test_recipes_resume_adds_the_stored_runs_a_row_lacks(tmp_path):
     assert rows[0]["summary"]["f1_macro_mean"] == 0.9
     assert rows[1]["runs"] == [run(1, 0.5)]  # this process's own run of a seed is kept, not doubled
     assert rows[2]["runs"] == [] and "summary" not in rows[2]
+
+    # A process running fewer rows (--rows) keeps the stored rows it does not run, in the file's order.
+    path.write_text(json.dumps({"rows": stored + [{"name": "gradual_unfreeze", "runs": [run(0)]}]}))
+    rows = [{"name": "linear_probe", "runs": []}, {"name": "reference", "runs": []}]
+    recipes.merge_stored_runs(rows, path)
+    assert [row["name"] for row in rows] == ["full", "linear_probe", "gradual_unfreeze", "reference"]
+    assert [len(row["runs"]) for row in rows] == [2, 1, 1, 0]
+
+
+def test_recipes_table_shows_a_spread_only_where_there_are_several_runs():
+    import recipes
+
+    def run(seed: int, f1: float) -> dict:
+        return {"seed": seed, "f1_macro": f1, "accuracy": f1, "seconds": 2.0, "cpu_seconds": 1.0}
+
+    rows = [
+        {"name": "full", "augmentation": "light", "runs": [run(0, 0.9), run(1, 0.95)]},
+        {"name": "linear_probe", "augmentation": "light", "runs": [run(0, 0.8)]},
+        {"name": "gradual_unfreeze", "augmentation": "light", "runs": []},
+    ]
+    lines = recipes.markdown_table(rows).splitlines()
+    assert len(lines) == 4  # header, rule, and the two rows that have runs
+    assert "| full | light | 2 | 0.925 ± 0.035 | 0.925 ± 0.035 | 2 | 1 |" == lines[2]
+    assert "| linear_probe | light | 1 | 0.800 | 0.800 | 2 | 1 |" == lines[3]  # no "± 0.000"
