@@ -127,3 +127,14 @@ def test_every_flag_reaches_the_library_by_name(function, arguments, passed_othe
         name for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY
     }
     assert {field.name for field in fields(arguments)} - passed_otherwise <= keyword_only
+
+
+def test_parent_loss_weight_keeps_its_earlier_phylum_name(tmp_path):
+    base = ["--data_dir", "d", "--output_dir", str(tmp_path)]
+    weights = {
+        tuple(flags): parse_args(TRAIN_ARGS, base + flags)[2].parent_loss_weight
+        for flags in ([], ["--parent_loss_weight", "0.7"], ["--phylum_loss_weight", "0.5"])
+    }
+    assert weights == {(): 0.3, ("--parent_loss_weight", "0.7"): 0.7, ("--phylum_loss_weight", "0.5"): 0.5}
+    with pytest.raises(OptionError, match="--parent_loss_weight must be >= 0"):
+        parse_args(TRAIN_ARGS, base + ["--phylum_loss_weight", "-1"])

@@ -284,6 +284,7 @@ def test_experts_route_each_image_to_the_family_model_of_its_phylum(
     rows = read(out / "evaluation_validation" / "predictions.csv")
     validation_size = json.loads((out / "evaluation_validation" / "metrics.json").read_text())["num_images"]
     assert len(rows) == validation_size == len(read(out / "splits" / "validation.csv"))
+    assert eval_results["eval_num_images"] == validation_size  # counts are kept, as in a flat run
     assert eval_results["eval_f1_macro"] == pytest.approx(recomputed_macro_f1(rows), abs=1e-6)
 
     predictor = load_predictor(out)

@@ -432,8 +432,12 @@ class ClassifierTrainingArguments(TrainingArguments):
             "experts: a parent classifier routing each image to one model per parent."
         },
     )
-    phylum_loss_weight: float = field(
-        default=0.3, metadata={"help": "multitask: weight of the parent (e.g. phylum) loss."}
+    parent_loss_weight: float = field(
+        default=0.3, metadata={"help": "multitask: weight of the parent label's (e.g. phylum's) loss."}
+    )
+    phylum_loss_weight: float | None = field(
+        default=None,
+        metadata={"help": "The earlier name of --parent_loss_weight (it overrides it when given)."},
     )
     # Overfitting and imbalance
     class_weighting: ClassWeighting = field(
@@ -476,6 +480,10 @@ class ClassifierTrainingArguments(TrainingArguments):
             # Several processes on a machine without GPUs (accelerate launch / torchrun): Accelerate
             # forms a gloo process group only when told to use the CPU.
             self.use_cpu = True
+        if self.phylum_loss_weight is not None:
+            self.parent_loss_weight = self.phylum_loss_weight
+        if self.parent_loss_weight < 0:
+            raise ValueError(f"--parent_loss_weight must be >= 0, got {self.parent_loss_weight}")
         self._choose_device_defaults()
         self._check_sharded_training()  # before Trainer sets up DeepSpeed / FSDP
         super().__post_init__()

@@ -113,8 +113,11 @@ def train_experts(
         )
         for split, report in reports.items():
             prefix = "eval" if split == "validation" else "test"
+            # The figures a flat run writes, counts included (bool is an int: not a figure).
             split_metrics = {
-                f"{prefix}_{key}": value for key, value in report.items() if isinstance(value, float)
+                f"{prefix}_{key}": value
+                for key, value in report.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
             }
             write_json(output_dir / f"{prefix}_results.json", split_metrics)
             metrics.update(split_metrics)

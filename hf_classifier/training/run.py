@@ -234,7 +234,7 @@ def train(
         **model_args.hub_kwargs(),
     )
     auxiliary_task = (
-        ParentHead(model, data.labels, parents, training_args.phylum_loss_weight) if multitask else None
+        ParentHead(model, data.labels, parents, training_args.parent_loss_weight) if multitask else None
     )
     channels_last = training_args.channels_last
     if channels_last is None:
