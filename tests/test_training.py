@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,37 @@ def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys, vit_check
     )
     assert code == 1
     assert "missing.csv does not exist" in capsys.readouterr().err
+
+
+def test_no_loader_worker_outlives_the_training(vit_checkpoint, tmp_path):
+    """Persistent training workers are stopped when training ends. Left to the garbage collector, each
+    one costs a 5 s timeout (torch's) in whatever code frees the Trainer next: a notebook, `compare`,
+    the experts' one training per parent label."""
+
+    class RecordWorkers(TrainerCallback):
+        def __init__(self):
+            self.pids: set[int] = set()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.pids |= {process.pid for process in multiprocessing.active_children()}
+
+    before = {process.pid for process in multiprocessing.active_children()}
+    recorder = RecordWorkers()
+    gc.disable()  # a collection now would stop the workers in its own (slow) way and hide the bug
+    try:
+        train_run(
+            tmp_path / "run",
+            data_dir=make_image_tree(tmp_path / "data", {"a": 6, "b": 6}),
+            model_name_or_path=vit_checkpoint,
+            dataloader_num_workers=2,
+            callbacks=[recorder],
+        )
+        workers = recorder.pids - before
+        still_alive = {process.pid for process in multiprocessing.active_children()} & workers
+    finally:
+        gc.enable()
+    assert len(workers) == 2  # the training loader's workers were seen
+    assert still_alive == set()
 
 
 def test_best_checkpoint_by_macro_f1_is_the_saved_model(vit_checkpoint, tmp_path):

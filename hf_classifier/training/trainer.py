@@ -89,6 +89,9 @@ class _PlanCallback(TrainerCallback):
         if self.trainer.ema is not None:
             self.trainer.ema.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
+    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+        stop_persistent_workers(train_dataloader)
+
 
 class _SafeCheckpointCallback(TrainerCallback):
     """Around Trainer's log / evaluate / save, which follows the step's (or epoch's) callbacks: first
@@ -496,6 +499,23 @@ class ImageClassificationTrainer(Trainer):
         """Make the averaged weights the model's own (before the final save)."""
         if self.ema is not None:
             self.ema.copy_to(self.accelerator.unwrap_model(self.model))
+
+
+def stop_persistent_workers(loader: Any) -> None:
+    """Stop the persistent worker processes of `loader` (and of the loader it wraps) now.
+
+    Left alive, they are stopped only when the garbage collector frees the Trainer, which its
+    callbacks refer back to: in that collection multiprocessing's finalizers close the queues first,
+    the workers never receive their stop signal, and torch waits `MP_STATUS_CHECK_INTERVAL` (5 s) for
+    each worker before killing it, e.g. 10 s after every in-process training with 2 workers. torch
+    has no public way to end an iterator's workers; `_iterator` is where `persistent_workers` keeps
+    it (tests/test_training.py checks that no worker outlives a training)."""
+    while loader is not None:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
+        loader = getattr(loader, "base_dataloader", None)
 
 
 @contextlib.contextmanager
