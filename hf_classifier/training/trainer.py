@@ -68,7 +68,8 @@ class _SampleEpochCallback(TrainerCallback):
 
 
 class _PlanCallback(TrainerCallback):
-    """Learns the number of optimizer steps per epoch, and updates the EMA after each step."""
+    """Learns the number of optimizer steps per epoch, updates the EMA after each step, and stops the
+    training loader's workers when training ends."""
 
     def __init__(self, trainer: ImageClassificationTrainer):
         self.trainer = trainer
